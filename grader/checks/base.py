@@ -1,0 +1,260 @@
+"""What every check is made of: inputs, outcomes, verdicts, the context, the check protocol."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import textwrap
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
+
+import torch
+
+from grader.sandbox import models, wire
+from grader.sandbox.wire import SPEC
+
+__all__ = [
+    "Check",
+    "Context",
+    "Inputs",
+    "Outcome",
+    "Runner",
+    "TestSpec",
+    "Verdict",
+    "describe_value",
+    "stable_seed",
+]
+
+KINDS = ("execution", "property", "statistical", "structure")
+
+
+def stable_seed(*parts: Any) -> int:
+    """A 63-bit seed from any printable parts; the same on every machine and Python run."""
+    digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+@dataclass(frozen=True)
+class TestSpec:
+    """One graded test, as a check announces it before running."""
+
+    name: str
+    points: float
+    kind: str
+
+
+@dataclass
+class Verdict:
+    """What a check concluded for one of its tests.
+
+    Attributes:
+        passed: whether the test passed.
+        output: the feedback text a student reads (plain text).
+        details: structured material for the HTML report: ``input`` (str), ``expected``
+            and ``got`` (str), ``statistics`` (list of dicts), ``plot`` (base64 PNG),
+            ``traceback`` (str).
+    """
+
+    passed: bool
+    output: str = ""
+    details: dict = field(default_factory=dict)
+
+
+@dataclass
+class Outcome:
+    """What one call into the student's process produced (see :mod:`grader.sandbox.worker`)."""
+
+    status: str
+    value: Any = None
+    message: str = ""
+    error_type: str = ""
+    traceback: str = ""
+    model_calls: list = field(default_factory=list)
+    refusals: list = field(default_factory=list)
+
+    @classmethod
+    def from_wire(cls, raw: dict) -> "Outcome":
+        keep = {k: raw[k] for k in ("status", "value", "message", "error_type", "traceback",
+                                     "model_calls", "refusals") if k in raw}
+        outcome = cls(**keep)
+        if outcome.status == "error" and _is_memory_error(outcome):
+            outcome.status = "memory"
+        return outcome
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    @property
+    def not_implemented(self) -> bool:
+        return self.status == "error" and self.error_type == "NotImplementedError"
+
+    def explain(self, function: str) -> str:
+        """One sentence on why there is no value, naming ``function``."""
+        if self.refusals:
+            return f"{function} was refused: {self.refusals[0]}"
+        if self.status == "missing":
+            return f"{self.message or function} is not defined in the notebook (was its cell deleted, renamed or failing?)"
+        if self.not_implemented:
+            return f"{function} is not implemented yet (it raises NotImplementedError)"
+        if self.status == "error":
+            return f"{function} raised {self.message}"
+        if self.status == "memory":
+            return f"{function} ran out of memory: {self.message}"
+        if self.status == "timeout":
+            return f"{function} {self.message}"
+        if self.status == "crashed":
+            return f"calling {function}: {self.message}"
+        if self.status == "skipped":
+            return f"{function} was {self.message}"
+        return f"{function}: {self.status} {self.message}".strip()
+
+
+def _is_memory_error(outcome: Outcome) -> bool:
+    return outcome.error_type == "MemoryError" or "allocate memory" in outcome.message or "out of memory" in outcome.message
+
+
+class Runner(Protocol):
+    """Calls into the student's code: a batch of wire calls in, one raw outcome dict per call out."""
+
+    def run(self, calls: list[dict], seeds: list[int]) -> list[dict]: ...
+
+
+@dataclass
+class Inputs:
+    """The arguments of one call, named, with notes that say what they are.
+
+    ``args`` are passed positionally in order, ``kwargs`` by name; both appear in
+    :meth:`describe`. ``notes`` override the description of an argument (e.g. the
+    schedule a tensor came from); ``meta`` carries anything the verifier needs.
+    """
+
+    args: dict[str, Any]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def wire(self) -> dict:
+        return {"args": list(self.args.values()), "kwargs": dict(self.kwargs)}
+
+    def arguments(self) -> dict[str, Any]:
+        return {**self.args, **self.kwargs}
+
+    def in_float64(self) -> "Inputs":
+        """The same inputs with every floating tensor in float64: what the reference sees."""
+        return Inputs(
+            {k: _float64(v) for k, v in self.args.items()},
+            {k: _float64(v) for k, v in self.kwargs.items()},
+            self.notes,
+            self.meta,
+        )
+
+    def call_reference(self, fn: Callable) -> Any:
+        logs: list = []
+        built = self.in_float64()
+        args = wire.decode(list(built.args.values()), lambda s: models.build(s, logs))
+        kwargs = wire.decode(built.kwargs, lambda s: models.build(s, logs))
+        return fn(*args, **kwargs)
+
+    def describe(self) -> str:
+        lines = []
+        for name, value in self.arguments().items():
+            lines.append(f"  {name} = {self.notes.get(name) or describe_value(value)}")
+        return "\n".join(lines)
+
+
+def _float64(value: Any) -> Any:
+    if isinstance(value, torch.Tensor) and value.is_floating_point():
+        return value.to(torch.float64)
+    if isinstance(value, dict) and SPEC in value:
+        return {**value, "params": {k: _float64(v) for k, v in value.get("params", {}).items()}}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_float64(v) for v in value)
+    return value
+
+
+def describe_value(value: Any, max_elements: int = 12) -> str:
+    """A short readable description: dtype, shape, device and, when small, the values."""
+    if isinstance(value, torch.Tensor):
+        dtype = str(value.dtype).replace("torch.", "")
+        where = "" if value.device.type == "cpu" else f" on {value.device}"
+        head = f"{dtype} tensor of shape {tuple(value.shape)}{where}"
+        if value.numel() <= max_elements:
+            return f"{head}: {format_tensor(value)}"
+        return head
+    if isinstance(value, dict) and SPEC in value:
+        return {"generator": f"torch.Generator seeded {value.get('seed')}",
+                "model": f"a model ({value.get('kind')})",
+                "module": f"an nn.Module ({value.get('kind')})"}.get(value[SPEC], "an object")
+    return repr(value)
+
+
+def format_tensor(value: torch.Tensor, precision: int = 6) -> str:
+    flat = value.detach().to("cpu")
+    if flat.is_floating_point():
+        flat = flat.double()
+    text = repr(flat.tolist())
+    if flat.is_floating_point():
+        import re
+
+        text = re.sub(r"-?\d+\.\d+(e[-+]?\d+)?", lambda m: f"{float(m.group()):.{precision}g}", text)
+    return text
+
+
+@dataclass
+class Context:
+    """What a check needs to run: where to call, where tensors live, which seed.
+
+    Attributes:
+        runner: calls into the student's code.
+        device: where inputs (and the reference) live.
+        seed: the grading seed; every draw derives from it and the check's name.
+        exercise: the exercise's name, part of every derived seed.
+        scale: multiplies the number of examples (``check()`` in a notebook uses fewer).
+        public_only: run only public checks (``check()`` in a notebook).
+    """
+
+    runner: Runner
+    device: torch.device
+    seed: int
+    exercise: str
+    scale: float = 1.0
+    public_only: bool = False
+
+    def seed_for(self, *tags: Any) -> int:
+        return stable_seed(self.seed, self.exercise, *tags)
+
+    def generator(self, *tags: Any) -> torch.Generator:
+        """A CPU generator (inputs are drawn on the CPU then moved, so grades do not depend on the device)."""
+        return torch.Generator().manual_seed(self.seed_for(*tags) % 2**63)
+
+    def call(
+        self, function: str, inputs: Sequence[Inputs], probe: Callable | None = None, tag: str = ""
+    ) -> list[Outcome]:
+        """Call ``function`` (or ``probe``, a harness that drives it) once per element of ``inputs``."""
+        calls = []
+        for item in inputs:
+            call = {"function": function, **item.wire()}
+            if probe is not None:
+                call["probe"] = textwrap.dedent(inspect.getsource(probe))
+                call["probe_name"] = probe.__name__
+            calls.append(call)
+        seeds = [self.seed_for("call", function, tag, i) % 2**63 for i in range(len(calls))]
+        return [Outcome.from_wire(raw) for raw in self.runner.run(calls, seeds)]
+
+
+class Check:
+    """A declared check: which function, which graded tests, how to run them.
+
+    Subclasses are frozen dataclasses; :meth:`tests` announces the graded tests
+    (names, points, kinds) and :meth:`run` returns one :class:`Verdict` per test.
+    """
+
+    function: str | None  # every subclass defines these two as dataclass fields
+    public: bool
+
+    def tests(self) -> list[TestSpec]:
+        raise NotImplementedError
+
+    def run(self, ctx: Context) -> list[Verdict]:
+        raise NotImplementedError

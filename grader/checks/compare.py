@@ -1,0 +1,143 @@
+"""Comparing what came back with what was expected: types, shapes, dtypes, devices, values.
+
+Every returned value is first converted in the grader's process into a plain
+``torch.Tensor`` (:func:`as_tensor`): the worker already reduced it to plain
+data, and here nothing but an exact ``torch.Tensor`` of a floating dtype and the
+expected shape is accepted. Values are then compared in float64 on the CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from grader.checks.base import format_tensor
+from grader.sandbox.wire import UNSUPPORTED
+
+__all__ = ["Mismatch", "Tolerance", "as_tensor", "as_tuple", "compare_values", "DEFAULT_TOLERANCE"]
+
+
+class Mismatch(Exception):
+    """The returned value is not what was expected; the message says how, for the student."""
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.details = details
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """|got − expected| ≤ atol + rtol·|expected|, per dtype of the student's output.
+
+    ``why`` is the justification, shown in reports and required of every declaration.
+    """
+
+    rtol32: float
+    atol32: float
+    rtol64: float
+    atol64: float
+    why: str
+
+    def for_dtype(self, dtype: torch.dtype) -> tuple[float, float]:
+        if dtype == torch.float64:
+            return self.rtol64, self.atol64
+        return self.rtol32, self.atol32
+
+
+#: For closed-form expressions of a few operations on O(1) values. float32's unit
+#: round-off is u = 6e-8; such a formula, evaluated in any order, carries an
+#: error of at most a few tens of u relative to the magnitude of its terms, so
+#: 1e-4 relative (≈ 1700 u) plus 1e-5 absolute leaves a margin of ~50x for correct
+#: code, while the bugs we catalogue change values by 1e-3 or more. float64 the same
+#: with u = 1.1e-16: 1e-9 relative is ~10⁷ u.
+DEFAULT_TOLERANCE = Tolerance(
+    rtol32=1e-4, atol32=1e-5, rtol64=1e-9, atol64=1e-10,
+    why="a few floating-point operations: ≤ ~50 units of round-off, with a 50x margin",
+)
+
+
+def as_tensor(value: Any, what: str) -> torch.Tensor:
+    """The returned value as a plain tensor, or :class:`Mismatch` saying what it was instead."""
+    if isinstance(value, dict) and UNSUPPORTED in value:
+        raise Mismatch(f"{what} is {value[UNSUPPORTED]}; a plain torch.Tensor was expected")
+    if type(value) is not torch.Tensor:
+        kind = "None" if value is None else type(value).__name__
+        raise Mismatch(f"{what} is {kind}, not a torch.Tensor")
+    return value
+
+
+def as_tuple(value: Any, names: tuple[str, ...], what: str) -> tuple:
+    """A returned tuple (or list) of exactly ``len(names)`` items."""
+    if isinstance(value, dict) and UNSUPPORTED in value:
+        raise Mismatch(f"{what} is {value[UNSUPPORTED]}; a tuple ({', '.join(names)}) was expected")
+    if not isinstance(value, (tuple, list)):
+        kind = "None" if value is None else type(value).__name__
+        raise Mismatch(f"{what} is {kind}; a tuple ({', '.join(names)}) was expected")
+    if len(value) != len(names):
+        raise Mismatch(f"{what} has {len(value)} items; expected {len(names)}: ({', '.join(names)})")
+    return tuple(value)
+
+
+def compare_values(
+    got: torch.Tensor,
+    expected: torch.Tensor,
+    tolerance: Tolerance,
+    what: str,
+    *,
+    broadcast: bool = False,
+) -> None:
+    """Raise :class:`Mismatch` unless ``got`` has ``expected``'s shape and values.
+
+    With ``broadcast=True`` a ``got`` that broadcasts to ``expected``'s shape is accepted
+    (e.g. a variance returned as ``(B, 1, 1)`` for data ``(B, C, H)``).
+    """
+    if not got.is_floating_point():
+        raise Mismatch(f"{what} has dtype {got.dtype}; a floating-point tensor was expected")
+    if tuple(got.shape) != tuple(expected.shape):
+        if not (broadcast and _broadcasts_to(got.shape, expected.shape)):
+            raise Mismatch(f"{what} has shape {tuple(got.shape)}; expected {tuple(expected.shape)}",
+                           got=f"shape {tuple(got.shape)}", expected=f"shape {tuple(expected.shape)}")
+        got = got.expand(expected.shape)
+    rtol, atol = tolerance.for_dtype(got.dtype)
+    g = got.detach().to("cpu", torch.float64)
+    e = expected.detach().to("cpu", torch.float64)
+    finite = torch.isfinite(e)
+    bad_nonfinite = (~torch.isfinite(g) & finite) | (~finite & ~(g == e) & ~(torch.isnan(g) & torch.isnan(e)))
+    diff = (g - e).abs()
+    allowed = atol + rtol * e.abs()
+    bad = bad_nonfinite | (finite & ~(diff <= allowed))
+    if not bool(bad.any()):
+        return
+    count = int(bad.sum())
+    score = torch.where(finite, diff - allowed, torch.full_like(diff, float("inf")))
+    score = torch.where(bad, torch.nan_to_num(score, nan=float("inf")), torch.full_like(score, -float("inf")))
+    flat_index = int(score.flatten().argmax())
+    index = tuple(int(i) for i in torch.unravel_index(torch.tensor(flat_index), e.shape)) if e.ndim else ()
+    got_at, expected_at = g.flatten()[flat_index].item(), e.flatten()[flat_index].item()
+    if not torch.isfinite(torch.tensor(got_at)) and torch.isfinite(torch.tensor(expected_at)):
+        headline = f"{what} contains {got_at} where a finite value was expected"
+    else:
+        headline = f"{what} differs from the expected values"
+    message = (
+        f"{headline}: {count} of {e.numel()} entries are off; the worst is at index {list(index)}: "
+        f"got {got_at:.8g}, expected {expected_at:.8g} "
+        f"(allowed |got − expected| ≤ {atol:g} + {rtol:g}·|expected|)"
+    )
+    raise Mismatch(message, got=_show(g), expected=_show(e))
+
+
+def _show(t: torch.Tensor, limit: int = 64) -> str:
+    if t.numel() <= limit:
+        return format_tensor(t)
+    return f"{format_tensor(t.flatten()[:limit])[:-1]}, …] (first {limit} of {t.numel()} entries, flattened)"
+
+
+def _broadcasts_to(shape: torch.Size, target: torch.Size) -> bool:
+    if len(shape) > len(target):
+        return False
+    for a, b in zip(reversed(shape), reversed(target)):
+        if a not in (1, b):
+            return False
+    return True

@@ -1,0 +1,280 @@
+"""Deterministic checks driven by hypothesis: properties, and agreement with the reference.
+
+How a property check runs:
+
+1. hypothesis draws the cases up front in the grader's process — explicit
+   boundary examples first, then generated ones — seeded from the grading
+   seed, with no database and no deadline (:func:`draw_cases`);
+2. the student's function is called on all of them in one batch;
+3. each test of the check judges every outcome here, in the grader's process;
+4. when some cases pass and some fail, hypothesis shrinks towards the smallest
+   failing case, calling the student live (a bounded number of single calls;
+   the cases of step 1 are answered from the batch), so that the feedback shows
+   the simplest input that exposes the bug.
+
+No statistical test ever runs here: with the noise injected, the student's
+output is a deterministic function of the case.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from hypothesis import HealthCheck, Phase, Verbosity, example, given, seed, settings
+from hypothesis import strategies as st
+
+from grader.checks.base import Check, Context, Inputs, Outcome, TestSpec, Verdict
+from grader.checks.compare import DEFAULT_TOLERANCE, Mismatch, Tolerance, as_tensor, as_tuple, compare_values
+
+__all__ = ["Agreement", "Aspect", "Diagnosis", "Property", "draw_cases"]
+
+#: Live calls hypothesis may make while shrinking one failure (each is one round trip).
+SHRINK_CALLS = 60
+
+
+def draw_cases(strategy: st.SearchStrategy, n: int, seed_value: int, examples: Sequence[Any] = ()) -> list:
+    """The explicit ``examples`` then up to ``n`` cases drawn by hypothesis, without duplicates."""
+    drawn: list = []
+
+    def record(case):
+        drawn.append(case)
+
+    test = record
+    for item in reversed(list(examples)):
+        test = example(item)(test)
+    test = given(strategy)(test)
+    test = settings(
+        max_examples=max(1, n), database=None, deadline=None, derandomize=False,
+        phases=[Phase.explicit, Phase.generate], suppress_health_check=list(HealthCheck),
+    )(test)
+    seed(seed_value)(test)()
+    unique, seen = [], set()
+    for case in drawn:
+        if repr(case) not in seen:
+            seen.add(repr(case))
+            unique.append(case)
+    return unique
+
+
+@dataclass(frozen=True)
+class Aspect:
+    """One graded test of a property check: a name, points, and a judge of one outcome.
+
+    ``judge(inputs, outcome)`` returns None when the outcome is right, or raises
+    :class:`~grader.checks.compare.Mismatch`. It is only called on outcomes with a value.
+    """
+
+    name: str
+    points: float
+    judge: Callable[[Inputs, Outcome], None]
+    shrink: bool = True
+
+
+@dataclass(frozen=True)
+class Diagnosis:
+    """A known mistake: if the student's value matches ``wrong(inputs_in_float64)``, say ``message``."""
+
+    wrong: Callable[..., Any]
+    message: str
+
+
+@dataclass(frozen=True)
+class Property(Check):
+    """Call ``function`` on hypothesis-drawn cases and judge every outcome, per aspect.
+
+    Attributes:
+        function: the curriculum name of the function under test.
+        cases: a strategy of plain, printable case descriptions (dicts of ints, tuples, names).
+        build: ``build(case, ctx) -> Inputs``, materialising a case on ``ctx.device``.
+        aspects: the graded tests, each judging one property of every outcome.
+        examples: explicit cases, run first: the boundaries (t = 0, T − 1, …).
+        max_examples: cases drawn by hypothesis besides the examples.
+        probe: a harness that drives the function (shipped as source to the student's process).
+        public: whether ``check()`` in the notebook runs it.
+        diagnoses: known mistakes to name when the first aspect fails.
+    """
+
+    function: str
+    cases: st.SearchStrategy
+    build: Callable[[Any, Context], Inputs]
+    aspects: tuple[Aspect, ...]
+    examples: tuple = ()
+    max_examples: int = 25
+    probe: Callable | None = None
+    public: bool = True
+    diagnoses: tuple[Diagnosis, ...] = ()
+    kind: str = "property"
+
+    def tests(self) -> list[TestSpec]:
+        return [TestSpec(f"{self.function}: {a.name}", a.points, self.kind) for a in self.aspects]
+
+    def run(self, ctx: Context) -> list[Verdict]:
+        n = max(1, math.ceil(self.max_examples * ctx.scale))
+        tag = f"{self.function}:{self.aspects[0].name}"
+        cases = draw_cases(self.cases, n, ctx.seed_for("cases", tag) % 2**32, self.examples)
+        inputs = [self.build(case, ctx) for case in cases]
+        outcomes = ctx.call(self.function, inputs, self.probe, tag=tag)
+        cache = {repr(c): (i, o) for c, i, o in zip(cases, inputs, outcomes)}
+        return [self._judge_aspect(aspect, cases, cache, ctx, tag) for aspect in self.aspects]
+
+    def _failure(self, aspect: Aspect, inputs: Inputs, outcome: Outcome) -> Mismatch | None:
+        if not outcome.ok:
+            return Mismatch(outcome.explain(self.function), traceback=outcome.traceback)
+        try:
+            aspect.judge(inputs, outcome)
+        except Mismatch as mismatch:
+            return mismatch
+        return None
+
+    def _judge_aspect(self, aspect: Aspect, cases: list, cache: dict, ctx: Context, tag: str) -> Verdict:
+        failures = []
+        for case in cases:
+            inputs, outcome = cache[repr(case)]
+            mismatch = self._failure(aspect, inputs, outcome)
+            if mismatch is not None:
+                failures.append((case, inputs, outcome, mismatch))
+        if not failures:
+            return Verdict(True, f"passed on {len(cases)} inputs")
+        first = failures[0]
+        if len(failures) < len(cases) and aspect.shrink and first[2].ok:
+            first = self._shrink(aspect, cases, cache, ctx, tag) or first
+        case, inputs, outcome, mismatch = first
+        lines = [str(mismatch)]
+        hint = self._diagnose(inputs, outcome) if outcome.ok else ""
+        if hint:
+            lines.append(f"Hint: {hint}")
+        lines.append(f"Failed on {len(failures)} of {len(cases)} inputs. The smallest failing input found:")
+        lines.append(f"{self.function}(\n{inputs.describe()}\n)")
+        details = {"input": inputs.describe(), **{k: v for k, v in mismatch.details.items() if v}}
+        if outcome.traceback:
+            details["traceback"] = outcome.traceback
+        return Verdict(False, "\n".join(lines), details)
+
+    def _shrink(self, aspect: Aspect, cases: list, cache: dict, ctx: Context, tag: str):
+        """Let hypothesis shrink the failure, answering known cases from the batch."""
+        failing: list = []
+        live = {"calls": 0}
+
+        def outcome_for(case) -> tuple[Inputs, Outcome] | None:
+            key = repr(case)
+            if key not in cache:
+                if live["calls"] >= SHRINK_CALLS:
+                    return None
+                live["calls"] += 1
+                inputs = self.build(case, ctx)
+                cache[key] = (inputs, ctx.call(self.function, [inputs], self.probe, tag=tag)[0])
+            return cache[key]
+
+        def test(case):
+            found = outcome_for(case)
+            if found is None:
+                return
+            inputs, outcome = found
+            if not outcome.ok and outcome.status not in ("error",):
+                return  # do not shrink towards timeouts and crashes
+            mismatch = self._failure(aspect, inputs, outcome)
+            if mismatch is not None:
+                failing.append((case, inputs, outcome, mismatch))
+                raise AssertionError("fails")
+
+        test = given(self.cases)(test)
+        test = settings(
+            max_examples=len(cases), database=None, deadline=None, derandomize=False,
+            phases=[Phase.generate, Phase.shrink], suppress_health_check=list(HealthCheck),
+            report_multiple_bugs=False, verbosity=Verbosity.quiet,
+        )(test)
+        seed(ctx.seed_for("cases", tag) % 2**32)(test)
+        try:
+            test()
+        except BaseException:  # noqa: BLE001 -- hypothesis re-raises the (shrunk) failure
+            pass
+        return failing[-1] if failing else None
+
+    def _diagnose(self, inputs: Inputs, outcome: Outcome) -> str:
+        for diagnosis in self.diagnoses:
+            try:
+                wrong = inputs.call_reference(diagnosis.wrong)
+                got = outcome.value
+                if isinstance(wrong, tuple):
+                    got = as_tuple(got, tuple(str(i) for i in range(len(wrong))), "the result")
+                    pairs = list(zip(got, wrong))
+                else:
+                    pairs = [(got, wrong)]
+                for g, w in pairs:
+                    compare_values(as_tensor(g, "the result"), w, DEFAULT_TOLERANCE, "the result", broadcast=True)
+                return diagnosis.message
+            except Exception:  # noqa: BLE001 -- no match (or not comparable): try the next one
+                continue
+        return ""
+
+
+def _expected_dtype(inputs: Inputs, dtype_from: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype_from, torch.dtype):
+        return dtype_from
+    return inputs.arguments()[dtype_from].dtype
+
+
+def _expected_device(inputs: Inputs, device_from: str | None) -> torch.device:
+    if device_from is None:
+        return torch.device("cpu")
+    return inputs.arguments()[device_from].device
+
+
+@dataclass(frozen=True)
+class Agreement(Property):
+    """A :class:`Property` whose main test is agreement with the reference, plus dtype and device.
+
+    Attributes (besides :class:`Property`'s):
+        reference: the reference function; it is called on the inputs in float64.
+        tolerance: how close the values must be, with its justification.
+        outputs: names of the items when the function returns a tuple, else None.
+        broadcastable: names of tuple items that may come back broadcastable to the expected shape.
+        dtype_from: the argument whose dtype the output must have, or a fixed dtype.
+        device_from: the argument whose device the output must be on (None: the CPU).
+        points: points for the values; ``dtype_points``: for dtype and device (0: no such test).
+        what: the phrase naming the values test.
+    """
+
+    aspects: tuple[Aspect, ...] = ()
+    reference: Callable | None = None
+    tolerance: Tolerance = DEFAULT_TOLERANCE
+    outputs: tuple[str, ...] | None = None
+    broadcastable: frozenset = frozenset()
+    dtype_from: Any = None
+    device_from: str | None = None
+    points: float = 1.0
+    dtype_points: float = 0.0
+    what: str = "matches the reference"
+
+    def __post_init__(self) -> None:
+        aspects = [Aspect(self.what, self.points, self._judge_values)]
+        if self.dtype_points:
+            aspects.append(Aspect("output dtype and device follow the input", self.dtype_points,
+                                  self._judge_dtype, shrink=False))
+        object.__setattr__(self, "aspects", tuple(aspects))
+
+    def _items(self, value: Any) -> list[tuple[str, Any]]:
+        if self.outputs is None:
+            return [("the result", value)]
+        items = as_tuple(value, self.outputs, "the result")
+        return [(f"`{name}` (item {i} of the result)", item) for i, (name, item) in enumerate(zip(self.outputs, items))]
+
+    def _judge_values(self, inputs: Inputs, outcome: Outcome) -> None:
+        expected = inputs.call_reference(self.reference)
+        expected_items = [expected] if self.outputs is None else list(expected)
+        for (label, got), exp, name in zip(self._items(outcome.value), expected_items, self.outputs or ("",)):
+            compare_values(as_tensor(got, label), exp, self.tolerance, label, broadcast=name in self.broadcastable)
+
+    def _judge_dtype(self, inputs: Inputs, outcome: Outcome) -> None:
+        dtype = _expected_dtype(inputs, self.dtype_from)
+        device = _expected_device(inputs, self.device_from)
+        for label, got in self._items(outcome.value):
+            got = as_tensor(got, label)
+            if got.dtype != dtype:
+                raise Mismatch(f"{label} has dtype {got.dtype}; expected {dtype} (the dtype of "
+                               f"{self.dtype_from if isinstance(self.dtype_from, str) else 'the contract'})")
+            if got.device.type != device.type:
+                raise Mismatch(f"{label} is on {got.device}; expected {device}")

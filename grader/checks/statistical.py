@@ -1,0 +1,130 @@
+"""Statistical checks: the student's sampler against an exact law, at a stated level.
+
+A statistical check is a procedure that calls the student (through the context)
+with the noise left to the student's own draws, standardises what came back
+against the exact law (``(x − mean)/std``: i.i.d. N(0, 1) when the sampler is
+right) and applies the tests of :mod:`grader.stats`, splitting its level ``alpha``
+between them (Bonferroni). The verdict carries every statistic, its threshold,
+and a histogram of the residuals against N(0, 1).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from grader.checks.base import Check, Context, Inputs, Outcome, TestSpec, Verdict
+from grader.checks.compare import Mismatch
+from grader.stats import Statistic
+
+__all__ = ["StatReport", "Statistical", "residual_plot"]
+
+
+@dataclass
+class StatReport:
+    """What a procedure measured: the statistics and the residuals for the plot."""
+
+    statistics: list[Statistic]
+    residuals: torch.Tensor | None = None
+    inputs: Inputs | None = None
+    note: str = ""
+    extra: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Statistical(Check):
+    """A law check.
+
+    Attributes:
+        function: the function under test.
+        name: what is tested ("noise=None draws N(√ᾱ_t·x₀, 1 − ᾱ_t)").
+        procedure: ``procedure(ctx, alpha) -> StatReport``; raises
+            :class:`~grader.checks.compare.Mismatch` for a wrong type or shape, and
+            :class:`Unanswered` when the student's code gave no value.
+        alpha: the false-failure probability of the whole check for a correct implementation.
+        derivation: how ``alpha`` is guaranteed (shown to students and instructors).
+        points: points of the test.
+    """
+
+    function: str
+    name: str
+    procedure: Callable[[Context, float], StatReport]
+    alpha: float
+    derivation: str
+    points: float = 1.0
+    public: bool = False
+
+    def tests(self) -> list[TestSpec]:
+        return [TestSpec(f"{self.function}: {self.name}", self.points, "statistical")]
+
+    def run(self, ctx: Context) -> list[Verdict]:
+        try:
+            report = self.procedure(ctx, self.alpha)
+        except Unanswered as exc:
+            return [Verdict(False, exc.outcome.explain(self.function), {"traceback": exc.outcome.traceback})]
+        except Mismatch as exc:
+            return [Verdict(False, str(exc), dict(exc.details))]
+        passed = all(s.passed for s in report.statistics)
+        lines = [s.describe() for s in report.statistics]
+        if passed:
+            output = "passed: " + "; ".join(lines)
+        else:
+            failed = [s for s in report.statistics if not s.passed]
+            output = (f"the distribution of {self.function}'s output is not the expected one "
+                      f"({failed[0].name} is off).\n" + "\n".join(lines))
+        if report.note:
+            output += "\n" + report.note
+        output += (f"\nA correct implementation fails this test with probability at most {self.alpha:.0e}: "
+                   f"{self.derivation}")
+        details = {"statistics": [s.as_dict() for s in report.statistics]}
+        if report.inputs is not None:
+            details["input"] = report.inputs.describe()
+        if not passed and report.residuals is not None:
+            details["plot"] = residual_plot(report.residuals, f"{self.function}: {self.name}")
+        return [Verdict(passed, output, details)]
+
+
+class Unanswered(Exception):
+    """The student's code produced no value for a statistical check."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.message)
+        self.outcome = outcome
+
+
+def value_of(outcome: Outcome) -> object:
+    """The outcome's value, or :class:`Unanswered`."""
+    if not outcome.ok:
+        raise Unanswered(outcome)
+    return outcome.value
+
+
+def residual_plot(residuals: torch.Tensor, title: str) -> str:
+    """A histogram of the standardised residuals against the N(0, 1) density, as base64 PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    r = residuals.detach().to("cpu", torch.float64).flatten()
+    r = r[torch.isfinite(r)]
+    fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=90)
+    if r.numel():
+        low, high = min(-5.0, float(r.quantile(0.001))), max(5.0, float(r.quantile(0.999)))
+        ax.hist(r.clamp(low, high).numpy(), bins=80, range=(low, high), density=True, alpha=0.6,
+                label="your output, standardised")
+        grid = torch.linspace(low, high, 400, dtype=torch.float64)
+        ax.plot(grid.numpy(), (torch.exp(-grid**2 / 2) / (2 * torch.pi) ** 0.5).numpy(), "k-", lw=1.5,
+                label="N(0, 1): a correct sampler")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel("(x − expected mean) / expected std")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    return base64.b64encode(buffer.getvalue()).decode()

@@ -1,0 +1,171 @@
+"""The ``grade`` command: a thin layer over :mod:`grader.submit`, :mod:`grader.generate`, :mod:`grader.batch`.
+
+Exit status: 0 when every test passed (or the command succeeded), 1 when grading
+completed below full marks (or below ``--min-score`` with ``--ci``), 2 when the
+input could not be graded or the command could not run, with one line on
+standard error saying why. Never a traceback of the grader's own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from grader._version import __version__
+from grader.errors import GraderError, UsageError
+
+__all__ = ["main"]
+
+EXIT_PASSED, EXIT_FAILED, EXIT_UNGRADABLE = 0, 1, 2
+
+
+def parse_size(text: str) -> int:
+    """'4G', '512M', '4GiB', '1000000' → bytes."""
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?\s*", text, re.IGNORECASE)
+    if not match:
+        raise argparse.ArgumentTypeError(f"not a size: {text!r} (use e.g. 4G or 512M)")
+    scale = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}[match.group(2).lower()]
+    return int(float(match.group(1)) * scale)
+
+
+def _positive(text: str) -> float:
+    value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text}")
+    return value
+
+
+def _add_grading_options(p: argparse.ArgumentParser) -> None:
+    from grader.submit import DEFAULT_SEED
+
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED,
+                   help=f"grading seed (default {DEFAULT_SEED}: the same submission always gets the same grade)")
+    p.add_argument("--device", choices=["cpu", "cuda", "auto"], default="auto",
+                   help="where reference and student tensors live (default: cuda when available)")
+    p.add_argument("--timeout", type=_positive, default=900.0, metavar="SECONDS",
+                   help="time budget of a whole submission (default 900)")
+    p.add_argument("--cell-timeout", type=_positive, default=60.0, metavar="SECONDS",
+                   help="time one notebook cell may run (default 60)")
+    p.add_argument("--call-timeout", type=_positive, default=10.0, metavar="SECONDS",
+                   help="time one call of a graded function may run (default 10)")
+    p.add_argument("--memory-limit", type=parse_size, default=parse_size("4G"), metavar="SIZE",
+                   help="memory the submission may allocate (default 4G)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="grade", description="Autograder for the diffusion-models course.")
+    parser.add_argument("--version", action="version", version=f"grade {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    submit = commands.add_parser("submit", help="grade one notebook", description="Grade one submission.")
+    submit.add_argument("path", type=Path, help="an exercise folder holding one notebook, or a notebook file")
+    submit.add_argument("--out", type=Path, default=None, help="feedback folder (default: feedback/ beside the notebook)")
+    submit.add_argument("--json", action="store_true", help="print results.json to standard output")
+    submit.add_argument("--ci", action="store_true", help="CI mode: a short summary; exit 1 below full marks or --min-score")
+    submit.add_argument("--min-score", type=float, default=None, help="with --ci: the score needed to pass")
+    submit.add_argument("-v", "--verbose", action="store_true", help="print whole failure messages")
+    _add_grading_options(submit)
+
+    generate = commands.add_parser("generate", help="regenerate student notebooks from solutions/",
+                                   description="Generate exercises/ from solutions/.")
+    generate.add_argument("exercises", nargs="*", help="only these exercises (default: all)")
+    generate.add_argument("--check", action="store_true", help="write nothing; exit 1 when exercises/ is out of date")
+    generate.add_argument("--root", type=Path, default=Path("."), help="the course repository (default: .)")
+
+    batch = commands.add_parser("batch", help="grade a folder of submissions in parallel",
+                                description="Grade every submission under SUBMISSIONS_DIR; write a gradebook.")
+    batch.add_argument("submissions", type=Path, help="a folder of submissions: one notebook or folder per student")
+    batch.add_argument("--out", type=Path, default=None, help="output folder (default: SUBMISSIONS_DIR/../gradebook)")
+    batch.add_argument("--jobs", type=int, default=None, help="submissions graded at once (default: CPU cores / 2)")
+    batch.add_argument("--exercise", default=None, help="grade every notebook as this exercise")
+    _add_grading_options(batch)
+
+    commands.add_parser("list", help="list the exercises the grader knows")
+    return parser
+
+
+def _options(args: argparse.Namespace, out: Path | None):
+    from grader.sandbox.kernel import Limits
+    from grader.submit import SubmitOptions
+
+    limits = Limits(cell_timeout=args.cell_timeout, call_timeout=args.call_timeout,
+                    memory_bytes=args.memory_limit, batch_timeout=max(120.0, 4 * args.call_timeout))
+    return SubmitOptions(seed=args.seed, device=args.device, timeout=args.timeout, limits=limits, out=out)
+
+
+def _submit(args: argparse.Namespace) -> int:
+    from grader.load import find_notebook
+    from grader.render import terminal_summary, write_outputs
+    from grader.submit import grade_submission
+
+    notebook_path = find_notebook(args.path)
+    out = args.out or notebook_path.parent / "feedback"
+    result, notebook = grade_submission(args.path, _options(args, out))
+    paths = write_outputs(result, notebook, out)
+    if args.json:
+        print(json.dumps(result.to_gradescope(), indent=2, ensure_ascii=False))
+    elif args.ci:
+        print(result.summary())
+        for test in result.tests:
+            if not test.passed and test.max_score:
+                print(f"  FAIL {test.name}: {test.output.splitlines()[0] if test.output else ''}")
+        print(f"report: {paths['report']}")
+    else:
+        print(terminal_summary(result, verbose=args.verbose))
+        print(f"Feedback: {paths['report']}")
+    if args.min_score is not None:
+        if not args.ci:
+            raise UsageError("--min-score only applies with --ci")
+        return EXIT_PASSED if result.score >= args.min_score else EXIT_FAILED
+    return EXIT_PASSED if result.full_marks else EXIT_FAILED
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from grader.generate import generate_all
+
+    results = generate_all(args.root, check=args.check, only=args.exercises or None)
+    stale = [r for r in results if r.changed]
+    for r in results:
+        state = ("out of date" if args.check else "written") if r.changed else "up to date"
+        print(f"{r.target}: {state}")
+    if args.check and stale:
+        print(f"grade generate --check: {len(stale)} notebook(s) out of date; run `grade generate`", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_PASSED
+
+
+def _batch(args: argparse.Namespace) -> int:
+    from grader.batch import grade_batch
+
+    return grade_batch(args.submissions, args.out, jobs=args.jobs, exercise=args.exercise,
+                       options=_options(args, None))
+
+
+def _list(args: argparse.Namespace) -> int:
+    from grader.exercises import exercise_names, load_exercise
+
+    for name in exercise_names():
+        exercise = load_exercise(name)
+        print(f"{name:16s} {exercise.title}: {', '.join(exercise.function_names)}")
+    return EXIT_PASSED
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run ``grade`` with ``argv`` (default: the command line); the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = {"submit": _submit, "generate": _generate, "batch": _batch, "list": _list}[args.command]
+    try:
+        return command(args)
+    except GraderError as exc:
+        print(f"grade: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("grade: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # noqa: BLE001 -- the promise: never a traceback of ours
+        print(f"grade: internal error: {type(exc).__name__}: {exc} (please report this)", file=sys.stderr)
+        return EXIT_UNGRADABLE

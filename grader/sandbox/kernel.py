@@ -1,0 +1,410 @@
+"""The student's process: a sandboxed Jupyter kernel that runs the notebook, then answers calls.
+
+:class:`SandboxKernel` starts ipykernel through :mod:`grader.sandbox.launch`
+(limits, then guard), executes the notebook's cells with nbclient (a per-cell
+timeout, an output cap, errors recorded and later cells still run), and then
+serves batched calls through :mod:`grader.sandbox.worker`.
+
+Every wait has a deadline. A call that overruns is interrupted; a kernel that
+does not answer the interrupt, or that dies (``os._exit``, a signal, the CPU
+limit), is killed with everything it started and restarted, and the cells that
+ran cleanly the first time are replayed so that later calls find the
+notebook's definitions again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import signal
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from queue import Empty
+from typing import Any
+
+import nbformat
+from jupyter_client import AsyncKernelManager
+from jupyter_client.kernelspec import KernelSpec
+from jupyter_core.utils import run_sync
+from nbclient import NotebookClient
+from nbclient.exceptions import DeadKernelError
+
+from grader.errors import GraderError
+from grader.sandbox import procs, wire
+
+__all__ = ["CellRun", "KernelError", "Limits", "SandboxKernel"]
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+GiB = 1024**3
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Resource limits of one submission's kernel.
+
+    Attributes:
+        cell_timeout: seconds one notebook cell may run before it is interrupted.
+        call_timeout: seconds one graded call may run (an alarm inside the kernel).
+        batch_timeout: seconds a whole batch of calls may take, from outside the kernel.
+        memory_bytes: the kernel's data segment limit (RLIMIT_DATA): what it may allocate.
+        cpu_seconds: total CPU seconds of the kernel (RLIMIT_CPU), a backstop against busy loops
+            that dodge the other timeouts.
+        output_bytes: notebook output kept per cell; the rest is cut with a note.
+        startup_timeout: seconds the kernel may take to start.
+        threads: torch intra-op threads in the kernel (None: torch's default).
+    """
+
+    cell_timeout: float = 60.0
+    call_timeout: float = 10.0
+    batch_timeout: float = 120.0
+    memory_bytes: int = 4 * GiB
+    cpu_seconds: int = 3600
+    output_bytes: int = 200_000
+    startup_timeout: float = 60.0
+    threads: int | None = None
+
+
+class KernelError(GraderError):
+    """The kernel could not be started (a broken environment, not a broken submission)."""
+
+
+@dataclass
+class CellRun:
+    """How one code cell of the notebook ran."""
+
+    index: int
+    status: str  # "ok", "error", "timeout", "died"
+    error: str = ""  # one line: "NameError: name 'x' is not defined"
+    traceback: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class _State:
+    replay: list[str] = field(default_factory=list)  # sources of cells that ran cleanly
+    restarts: int = 0
+
+
+class _CappedClient(NotebookClient):
+    """nbclient with a cap on the output each cell may keep."""
+
+    output_limit: int = 200_000
+
+    def output(self, outs, msg, display_id, cell_index):  # noqa: D401 -- nbclient's hook
+        used = self._used.get(cell_index, 0)
+        size = len(json.dumps(msg.get("content", {}), default=str))
+        if used >= self.output_limit:
+            return None
+        self._used[cell_index] = used + size
+        if used + size > self.output_limit:
+            note = nbformat.v4.new_output(
+                "stream", name="stderr", text=f"\n[output cut by the grader after {self.output_limit:,} bytes]\n"
+            )
+            outs.append(note)
+            return None
+        return super().output(outs, msg, display_id, cell_index)
+
+    def reset_execution_trackers(self) -> None:
+        super().reset_execution_trackers()
+        self._used: dict[int, int] = {}
+
+
+class SandboxKernel:
+    """One sandboxed kernel in ``workdir``; use as a context manager.
+
+    Args:
+        workdir: the staging folder; the kernel's working directory and the only writable one.
+        limits: see :class:`Limits`.
+        forbidden_dirs: folders the kernel may neither read nor write.
+        env: extra environment variables for the kernel.
+    """
+
+    def __init__(self, workdir: Path, limits: Limits, forbidden_dirs: list[Path], env: dict | None = None) -> None:
+        self.workdir = Path(workdir)
+        self.limits = limits
+        self._private = Path(tempfile.mkdtemp(prefix="grader-private-"))
+        self._forbidden = [str(d) for d in forbidden_dirs] + [str(self._private)]
+        self._env = env or {}
+        self._state = _State()
+        self._batch = 0
+        self._known_children: set[int] = set()
+        self.km: AsyncKernelManager | None = None
+        self.client: _CappedClient | None = None
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    def __enter__(self) -> "SandboxKernel":
+        self.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def _kernel_spec(self) -> KernelSpec:
+        config = {
+            "memory_bytes": self.limits.memory_bytes,
+            "cpu_seconds": self.limits.cpu_seconds,
+            "file_bytes": 512 * 1024**2,
+            "threads": self.limits.threads,
+            "forbidden_dirs": self._forbidden,
+            "writable_dirs": [str(self.workdir), tempfile.gettempdir()],
+        }
+        config_path = self._private / "launch.json"
+        config_path.write_text(json.dumps(config))
+        argv = [sys.executable, "-m", "grader.sandbox.launch", str(config_path), "-f", "{connection_file}",
+                "--HistoryManager.enabled=False"]
+        return KernelSpec(argv=argv, display_name="grader sandbox", language="python")
+
+    def _environment(self) -> dict:
+        project_root = str(Path(__file__).resolve().parents[2])
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JPY_", "JUPYTER_"))}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in [project_root, env.get("PYTHONPATH", "")] if p)
+        env["IPYTHONDIR"] = str(self.workdir / ".ipython")
+        env["MPLCONFIGDIR"] = str(Path(tempfile.gettempdir()) / "grader-matplotlib")
+        env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+        env["PYTHONDONTWRITEBYTECODE"] = "1"
+        env["GRADER_MEMORY_LIMIT"] = str(self.limits.memory_bytes)
+        if self.limits.threads:
+            env["OMP_NUM_THREADS"] = str(self.limits.threads)
+        env.update(self._env)
+        return env
+
+    def start(self) -> None:
+        procs.become_subreaper()
+        self._known_children = procs.children(os.getpid())
+        # IPC sockets in the private folder: no TCP port for other local users to reach.
+        self.km = AsyncKernelManager(transport="ipc", ip=str(self._private / "kernel"))
+        self.km._kernel_spec = self._kernel_spec()
+        nb = nbformat.v4.new_notebook()
+        self.client = _CappedClient(
+            nb,
+            km=self.km,
+            timeout=self.limits.cell_timeout,
+            startup_timeout=self.limits.startup_timeout,
+            allow_errors=True,
+            interrupt_on_timeout=True,
+            error_on_timeout={"ename": "CellTimeout", "evalue": f"the cell ran longer than {self.limits.cell_timeout:g} s",
+                              "traceback": []},
+            shutdown_kernel="immediate",
+            iopub_timeout=5,
+            record_timing=False,
+        )
+        self.client.output_limit = self.limits.output_bytes
+        try:
+            run_sync(self._astart)()
+        except Exception as exc:  # noqa: BLE001 -- any failure to start is the environment's
+            self.close()
+            raise KernelError(f"the grading kernel could not start: {exc}") from exc
+
+    async def _astart(self) -> None:
+        assert self.client is not None and self.km is not None
+        self.client.reset_execution_trackers()
+        await self.km.start_kernel(cwd=str(self.workdir), env=self._environment())
+        await self.client.async_start_new_kernel_client()
+
+    def close(self) -> None:
+        """Stop the kernel and every process it started; remove the private folder."""
+        try:
+            if self.client is not None and self.client.kc is not None:
+                self.client.kc.stop_channels()
+        except Exception:  # noqa: BLE001 -- best effort on the way out
+            pass
+        self._kill()
+        if self.km is not None:
+            try:
+                run_sync(self.km.cleanup_resources)()
+            except Exception:  # noqa: BLE001
+                pass
+        procs.reap(self._known_children)
+        shutil.rmtree(self._private, ignore_errors=True)
+        self.client = None
+        self.km = None
+
+    def _pid(self) -> int | None:
+        process = getattr(getattr(self.km, "provisioner", None), "process", None)
+        return getattr(process, "pid", None)
+
+    def _kill(self) -> None:
+        pid = self._pid()
+        if pid is not None:
+            procs.kill_tree(pid, session=pid)
+            process = self.km.provisioner.process
+            try:
+                process.wait(timeout=5)
+            except Exception:  # noqa: BLE001
+                pass
+
+    def exit_description(self) -> str:
+        """How the kernel process ended, for a message: "exited with status 3", "was killed by SIGKILL"."""
+        process = getattr(getattr(self.km, "provisioner", None), "process", None)
+        code = process.poll() if process is not None else None
+        if code is None:
+            return "stopped responding"
+        if code < 0:
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
+            hint = " (the CPU time limit)" if name == "SIGXCPU" else ""
+            return f"was killed by {name}{hint}"
+        return f"exited with status {code}"
+
+    def restart(self) -> None:
+        """Kill the kernel and everything it started, start a fresh one, replay the clean cells."""
+        self._state.restarts += 1
+        if self.client is not None and self.client.kc is not None:
+            self.client.kc.stop_channels()
+        self._kill()
+        run_sync(self._astart)()
+        for source in self._state.replay:
+            run_sync(self._aexecute_source)(source, self.limits.cell_timeout)
+
+    # -- the notebook --------------------------------------------------------------------
+
+    def run_notebook(self, nb: nbformat.NotebookNode, deadline: float) -> list[CellRun]:
+        """Execute every code cell of ``nb`` in place (outputs are stored), in order."""
+        assert self.client is not None
+        self.client.nb = nb
+        runs = []
+        count = 0
+        for index, cell in enumerate(nb.cells):
+            if cell.cell_type != "code" or not cell.source.strip():
+                continue
+            count += 1
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                runs.append(CellRun(index, "timeout", "not run: the submission's time budget was spent"))
+                continue
+            runs.append(self._run_cell(cell, index, count, min(self.limits.cell_timeout, remaining)))
+        return runs
+
+    def _run_cell(self, cell, index: int, count: int, timeout: float) -> CellRun:
+        assert self.client is not None
+        self.client.timeout = max(1, int(timeout + 0.999))
+        started = time.monotonic()
+        try:
+            run_sync(self.client.async_execute_cell)(cell, index, execution_count=count)
+        except DeadKernelError:
+            run = CellRun(index, "died", f"the kernel {self.exit_description()} while running this cell")
+            self.restart()
+            run.seconds = time.monotonic() - started
+            return run
+        seconds = time.monotonic() - started
+        error = next((o for o in cell.get("outputs", []) if o.get("output_type") == "error"), None)
+        if error is None:
+            self._state.replay.append(cell.source)
+            return CellRun(index, "ok", seconds=seconds)
+        if error.get("ename") == "CellTimeout":
+            run = CellRun(index, "timeout", f"the cell ran longer than {timeout:.0f} s and was interrupted",
+                          seconds=seconds)
+            if not self._responsive():
+                self.restart()
+            return run
+        trace = _ANSI.sub("", "\n".join(error.get("traceback", [])))
+        return CellRun(index, "error", f"{error.get('ename')}: {error.get('evalue')}"[:500], trace[-4000:], seconds)
+
+    def _responsive(self, timeout: float = 5.0) -> bool:
+        try:
+            return run_sync(self._aexecute_source)("pass", timeout) is not None
+        except DeadKernelError:
+            return False
+
+    async def _aexecute_source(self, source: str, timeout: float) -> dict | None:
+        """Run code silently; the shell reply, or None when none came within ``timeout``."""
+        assert self.client is not None and self.client.kc is not None
+        kc = self.client.kc
+        msg_id = kc.execute(source, silent=True, store_history=False, stop_on_error=False)
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                msg = await kc.get_shell_msg(timeout=min(0.5, remaining))
+            except Empty:
+                if not await kc.is_alive():
+                    raise DeadKernelError("Kernel died") from None
+                continue
+            if msg["parent_header"].get("msg_id") == msg_id:
+                await self._drain_iopub()
+                return msg
+
+    async def _drain_iopub(self) -> None:
+        kc = self.client.kc
+        while True:
+            try:
+                await kc.get_iopub_msg(timeout=0.01)
+            except Empty:
+                return
+
+    # -- calls ------------------------------------------------------------------------------
+
+    def call(self, request: dict, deadline: float) -> list[dict]:
+        """Serve one batch of calls (see :mod:`grader.sandbox.worker`); one outcome per call.
+
+        Outcomes the kernel could not produce are made here: ``timeout`` for the call
+        in flight when the batch overran, ``crashed`` for the call in flight when the
+        kernel died, and ``skipped`` for the calls after either.
+        """
+        self._batch += 1
+        n = len(request["calls"])
+        folder = self.workdir / f".grader-batch-{self._batch}"
+        folder.mkdir()
+        request_path = folder / "request.pt"
+        request_path.write_bytes(wire.dumps(request))
+        code = (f"__import__('grader.sandbox.worker', fromlist=['serve']).serve("
+                f"{str(request_path)!r}, {str(folder)!r}, globals())")
+        budget = min(self.limits.batch_timeout, max(1.0, deadline - time.monotonic()))
+        failure: dict | None = None
+        try:
+            reply = run_sync(self._aexecute_source)(code, budget)
+            if reply is None:
+                failure = {"status": "timeout", "message": f"timed out after {budget:.0f} s"}
+                self._interrupt_or_restart()
+            elif reply["content"].get("status") == "error":
+                content = reply["content"]
+                failure = {"status": "error", "error_type": content.get("ename", "Error"),
+                           "message": f"the call was stopped: {content.get('ename')}: {content.get('evalue')}"[:500]}
+        except DeadKernelError:
+            failure = {"status": "crashed", "message": f"the process {self.exit_description()}"}
+            self.restart()
+        outcomes = []
+        for index in range(n):
+            path = folder / f"{index}.pt"
+            outcome = _load_outcome(path) if path.is_file() else None
+            if outcome is None:
+                if failure is None:
+                    failure = {"status": "crashed", "message": "the call left no result"}
+                outcome = dict(failure)
+                failure = {"status": "skipped", "message": "not run: an earlier call of this batch failed badly"}
+            outcomes.append(outcome)
+        shutil.rmtree(folder, ignore_errors=True)
+        return outcomes
+
+    def _interrupt_or_restart(self) -> None:
+        try:
+            run_sync(self.km.interrupt_kernel)()
+        except Exception:  # noqa: BLE001
+            pass
+        if not self._responsive(timeout=3.0):
+            self.restart()
+
+
+def _load_outcome(path: Path) -> dict | None:
+    limit = 2 * wire.MAX_ELEMENTS * 8
+    try:
+        if path.stat().st_size > limit:
+            return {"status": "error", "error_type": "TooLarge", "message": "the returned value is too large"}
+        outcome = wire.loads(path.read_bytes(), map_location=None)
+    except Exception as exc:  # noqa: BLE001 -- a corrupt file is the submission's doing
+        return {"status": "error", "error_type": "TransferError",
+                "message": f"the result could not be read back: {type(exc).__name__}"}
+    if not isinstance(outcome, dict) or "status" not in outcome:
+        return {"status": "error", "error_type": "TransferError", "message": "the result was not understood"}
+    return outcome

@@ -1,0 +1,165 @@
+"""Answers the grader's batched calls inside the student's process.
+
+A request is a list of calls; each names a notebook function (or ships a small
+*probe*: harness code that drives the student's functions, e.g. iterating
+``q_step``) with its arguments. Each call runs with the global RNGs seeded from
+the request, under a wall-clock alarm, and its outcome is written as soon as it
+is known to ``<result_dir>/<index>.pt`` so that a call that hangs or kills the
+process still leaves the earlier outcomes behind.
+
+An outcome is a dict: ``status`` ("ok", "error", "missing", "timeout"), and
+``value`` (encoded by :func:`grader.sandbox.wire.encode`), or ``error_type``,
+``message`` and ``traceback`` (student frames only); plus ``model_calls`` (the
+logs of recorded models) and ``refusals`` (what the guard refused meanwhile).
+"""
+
+from __future__ import annotations
+
+import linecache
+import os
+import random
+import signal
+import sys
+import traceback
+from typing import Any, Callable
+
+import torch
+
+from grader.sandbox import guard, models, wire
+
+__all__ = ["CallTimeout", "StudentNamespace", "execute", "serve"]
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_MAX_MESSAGE = 2_000
+
+
+class CallTimeout(BaseException):
+    """Raised by the alarm when one call runs past its time limit."""
+
+
+class MissingFunction(Exception):
+    """A probe asked the namespace for a function the notebook does not define."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.name = name
+
+
+class StudentNamespace:
+    """Attribute access to the notebook's functions, for probes: ``ns.q_step``."""
+
+    def __init__(self, namespace: dict) -> None:
+        self._namespace = namespace
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_") or name not in self._namespace:
+            raise MissingFunction(name)
+        return self._namespace[name]
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    random.seed(seed)
+    if "numpy" in sys.modules:
+        sys.modules["numpy"].random.seed(seed % 2**32)
+
+
+def _student_traceback(exc: BaseException) -> str:
+    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_HERE)]
+    lines = traceback.format_list(frames[-6:])
+    lines += traceback.format_exception_only(type(exc), exc)
+    return "".join(lines)[-_MAX_MESSAGE:]
+
+
+def _on_alarm(signum, frame):
+    raise CallTimeout()
+
+
+def _resolve(call: dict, namespace: dict) -> Callable:
+    if call.get("probe"):
+        scope: dict = {"torch": torch, "__name__": "grader_probe"}
+        exec(compile(call["probe"], f"<probe {call['probe_name']}>", "exec"), scope)
+        probe = scope[call["probe_name"]]
+        student = StudentNamespace(namespace)
+        return lambda *args, **kwargs: probe(student, *args, **kwargs)
+    name = call["function"]
+    if name not in namespace:
+        raise MissingFunction(name)
+    return namespace[name]
+
+
+def _run_one(call: dict, namespace: dict, seed: int, timeout: float | None) -> dict:
+    logs: list[models.ModelLog] = []
+    guard.refusals.clear()
+    outcome: dict
+    try:
+        args = wire.decode(call.get("args", []), lambda spec: models.build(spec, logs))
+        kwargs = wire.decode(call.get("kwargs", {}), lambda spec: models.build(spec, logs))
+        target = _resolve(call, namespace)
+        if not callable(target):
+            raise TypeError(f"{call['function']} is a {type(target).__name__}, not a function")
+        _seed_everything(seed)
+        if timeout:
+            signal.setitimer(signal.ITIMER_REAL, timeout)
+        try:
+            value = target(*args, **kwargs)
+        finally:
+            if timeout:
+                signal.setitimer(signal.ITIMER_REAL, 0)
+        outcome = {"status": "ok", "value": wire.encode(value)}
+    except MissingFunction as exc:
+        outcome = {"status": "missing", "message": exc.name}
+    except CallTimeout:
+        outcome = {"status": "timeout", "message": f"timed out after {timeout:g} s"}
+    except BaseException as exc:  # noqa: BLE001 -- everything a submission raises is an outcome
+        message = f"{type(exc).__name__}: {exc}"[:_MAX_MESSAGE]
+        outcome = {
+            "status": "error",
+            "error_type": type(exc).__name__,
+            "message": message,
+            "traceback": _student_traceback(exc),
+        }
+    outcome["model_calls"] = [log.calls for log in logs]
+    outcome["refusals"] = list(guard.refusals)
+    return outcome
+
+
+def execute(request: dict, namespace: dict, emit: Callable[[int, dict], None]) -> None:
+    """Run every call of ``request`` against ``namespace``; ``emit(index, outcome)`` after each."""
+    timeout = request.get("call_timeout")
+    use_alarm = bool(timeout) and hasattr(signal, "setitimer") and _main_thread()
+    previous = signal.signal(signal.SIGALRM, _on_alarm) if use_alarm else None
+    try:
+        for index, call in enumerate(request["calls"]):
+            seed = request["seeds"][index]
+            emit(index, _run_one(call, namespace, seed, timeout if use_alarm else None))
+    finally:
+        if use_alarm:
+            signal.signal(signal.SIGALRM, previous)
+        linecache.checkcache()
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def serve(request_path: str, result_dir: str, namespace: dict) -> None:
+    """The kernel-side entry point: read a request file, write one outcome file per call."""
+    with open(request_path, "rb") as f:
+        request = wire.loads(f.read())
+
+    def emit(index: int, outcome: dict) -> None:
+        path = os.path.join(result_dir, f"{index}.pt")
+        try:
+            data = wire.dumps(outcome)
+        except Exception as exc:  # noqa: BLE001 -- an unsaveable value is the submission's failure
+            data = wire.dumps({"status": "error", "error_type": "TransferError",
+                               "message": f"the returned value could not be sent back: {exc}"[:_MAX_MESSAGE],
+                               "traceback": "", "model_calls": [], "refusals": []})
+        with open(path + ".part", "wb") as f:
+            f.write(data)
+        os.replace(path + ".part", path)
+
+    execute(request, namespace, emit)

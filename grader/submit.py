@@ -1,0 +1,153 @@
+"""``grade submit``: the path of one submission, load → stage → execute → check → score.
+
+:func:`grade_submission` is the API the CLI, ``grade batch`` and the tests call;
+it returns the results and the executed notebook and writes nothing (see
+:mod:`grader.render` for that).
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+import torch
+
+from grader._version import __version__
+from grader.checks import Check, Context, Verdict
+from grader.errors import UsageError
+from grader.exercises import Exercise, load_exercise
+from grader.load import Submission, load_submission
+from grader.results import GradingResult, TestResult
+from grader.runner import KernelRunner
+from grader.sandbox.kernel import CellRun, Limits, SandboxKernel
+
+__all__ = ["DEFAULT_SEED", "SubmitOptions", "grade_submission", "resolve_device", "run_checks"]
+
+#: The seed used when none is given: the same submission always gets the same grade.
+DEFAULT_SEED = 2024
+
+
+@dataclass(frozen=True)
+class SubmitOptions:
+    """How to grade.
+
+    Attributes:
+        seed: the grading seed; every random draw of the grader derives from it.
+        device: "cpu", "cuda" or "auto" (CUDA when available).
+        timeout: seconds for the whole submission: kernel start, notebook, every check.
+        limits: the kernel's resource limits (per cell, per call, memory).
+        out: the feedback folder, which the submission may not touch.
+    """
+
+    seed: int = DEFAULT_SEED
+    device: str = "auto"
+    timeout: float = 900.0
+    limits: Limits = field(default_factory=Limits)
+    out: Path | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``auto``; :class:`UsageError` for CUDA without a GPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for, but torch sees no CUDA GPU (use --device cpu or auto)")
+    if name not in ("cpu", "cuda"):
+        raise UsageError(f"unknown device {name!r}: use cpu, cuda or auto")
+    return torch.device(name)
+
+
+def _forbidden_dirs(submission: Submission, out: Path | None, workdir: Path) -> list[Path]:
+    """What the kernel may neither read nor write: answers, hidden checks, feedback, the original."""
+    import reference
+
+    grader_dir = Path(__file__).resolve().parent
+    candidates = [
+        Path(reference.__file__).resolve().parent,
+        grader_dir / "exercises",
+        grader_dir / "checks",
+        grader_dir.parent / "solutions",
+        submission.path.resolve(),
+    ]
+    if out is not None:
+        candidates.append(out.resolve())
+    workdir = workdir.resolve()
+    # Never forbid a folder that holds the working directory (e.g. --out /tmp).
+    return [p for p in candidates if not (workdir == p or p in workdir.parents)]
+
+
+def run_checks(checks: tuple[Check, ...], ctx: Context, deadline: float | None = None) -> list[tuple]:
+    """Run every check; ``[(check, TestSpec, Verdict)]`` in order, whatever the checks raise."""
+    rows = []
+    for check in checks:
+        specs = check.tests()
+        if deadline is not None and time.monotonic() >= deadline:
+            verdicts = [Verdict(False, "not run: the submission's time budget was spent")] * len(specs)
+        else:
+            try:
+                verdicts = check.run(ctx)
+            except Exception as exc:  # noqa: BLE001 -- a grader bug must not sink the other checks
+                print(f"grader: internal error in a check of {check.function}: {type(exc).__name__}: {exc}",
+                      file=sys.stderr)
+                verdicts = [Verdict(False, f"the grader failed while checking {check.function} "
+                                           f"({type(exc).__name__}); please report this to the course staff")] * len(specs)
+        rows.extend((check, spec, verdict) for spec, verdict in zip(specs, verdicts))
+    return rows
+
+
+def _execution_test(runs: list[CellRun], notebook: nbformat.NotebookNode) -> tuple[bool, str, dict]:
+    failed = [r for r in runs if r.status != "ok"]
+    if not failed:
+        return True, f"all {len(runs)} code cells ran without error", {}
+    lines = [f"{len(failed)} of {len(runs)} code cells failed; the grader ran the later cells anyway:"]
+    for run in failed:
+        first_line = notebook.cells[run.index].source.strip().splitlines()[0][:70]
+        lines.append(f"  cell {run.index + 1} ({first_line!r}): {run.error}")
+    return False, "\n".join(lines), {"traceback": failed[0].traceback} if failed[0].traceback else {}
+
+
+def to_results(
+    exercise: Exercise, rows: list[tuple], runs: list[CellRun], notebook: nbformat.NotebookNode,
+    submission_path: Path, options: SubmitOptions, device: torch.device, seconds: float,
+) -> GradingResult:
+    ok, output, details = _execution_test(runs, notebook)
+    tests = [TestResult("1", "the notebook runs from top to bottom", None, "execution", ok, 0.0, 0.0, output, details)]
+    for number, (check, spec, verdict) in enumerate(rows, start=2):
+        tests.append(TestResult(
+            str(number), spec.name, check.function, spec.kind, verdict.passed,
+            spec.points if verdict.passed else 0.0, spec.points, verdict.output, verdict.details,
+        ))
+    cells = [{"cell": r.index + 1, "status": r.status, "error": r.error} for r in runs]
+    return GradingResult(exercise.name, str(submission_path), tests, options.seed, str(device), __version__,
+                         seconds, cells)
+
+
+def grade_submission(path: Path | str, options: SubmitOptions = SubmitOptions()) -> tuple[GradingResult, nbformat.NotebookNode]:
+    """Grade the notebook at ``path``; the results and the executed notebook.
+
+    Raises:
+        SubmissionError: the input cannot be graded (exit status 2).
+        UsageError: impossible options (exit status 2).
+        KernelError: the sandbox could not start (exit status 2).
+    """
+    started = time.monotonic()
+    deadline = started + options.timeout
+    submission = load_submission(path)
+    exercise = load_exercise(submission.exercise)
+    device = resolve_device(options.device)
+    notebook = copy.deepcopy(submission.notebook)
+    with tempfile.TemporaryDirectory(prefix="grader-stage-") as folder:
+        workdir = Path(folder)
+        nbformat.write(notebook, workdir / "submission.ipynb")
+        forbidden = _forbidden_dirs(submission, options.out, workdir)
+        with SandboxKernel(workdir, options.limits, forbidden) as kernel:
+            runs = kernel.run_notebook(notebook, deadline)
+            ctx = Context(KernelRunner(kernel, deadline), device, options.seed, exercise.name)
+            rows = run_checks(exercise.all_checks(), ctx, deadline)
+    result = to_results(exercise, rows, runs, notebook, submission.path, options, device, time.monotonic() - started)
+    return result, notebook
