@@ -139,6 +139,11 @@ class Property(Check):
         if not failures:
             return Verdict(True, f"passed on {len(cases)} inputs")
         first = failures[0]
+        if not first[2].ok and all(_same_failure(first[2], f[2]) for f in failures):
+            # Not implemented, missing, refused, …: the same on every input, so no input to show.
+            everywhere = "on every input" if len(failures) == len(cases) else f"on {len(failures)} of {len(cases)} inputs"
+            return Verdict(False, f"{first[2].explain(self.function)} ({everywhere})",
+                           {"traceback": first[2].traceback} if first[2].traceback else {})
         if len(failures) < len(cases) and aspect.shrink and first[2].ok:
             first = self._shrink(aspect, cases, cache, ctx, tag) or first
         case, inputs, outcome, mismatch = first
@@ -209,6 +214,12 @@ class Property(Check):
             except Exception:  # noqa: BLE001 -- no match (or not comparable): try the next one
                 continue
         return ""
+
+
+def _same_failure(a: Outcome, b: Outcome) -> bool:
+    return (a.status, a.error_type, a.message) == (b.status, b.error_type, b.message) or (
+        a.status in ("missing", "timeout", "crashed", "skipped", "memory") and a.status == b.status
+    ) or (a.not_implemented and b.not_implemented)
 
 
 def _expected_dtype(inputs: Inputs, dtype_from: str | torch.dtype) -> torch.dtype:
