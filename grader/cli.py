@@ -101,6 +101,8 @@ def _submit(args: argparse.Namespace) -> int:
     from grader.render import terminal_summary, write_outputs
     from grader.submit import grade_submission
 
+    if args.min_score is not None and not args.ci:
+        raise UsageError("--min-score only applies with --ci")
     notebook_path = find_notebook(args.path)
     out = args.out or notebook_path.parent / "feedback"
     result, notebook = grade_submission(args.path, _options(args, out))
@@ -117,8 +119,6 @@ def _submit(args: argparse.Namespace) -> int:
         print(terminal_summary(result, verbose=args.verbose))
         print(f"Feedback: {paths['report']}")
     if args.min_score is not None:
-        if not args.ci:
-            raise UsageError("--min-score only applies with --ci")
         return EXIT_PASSED if result.score >= args.min_score else EXIT_FAILED
     return EXIT_PASSED if result.full_marks else EXIT_FAILED
 

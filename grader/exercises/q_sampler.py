@@ -136,7 +136,12 @@ def build_q_posterior(case: dict, ctx: Context) -> Inputs:
 
 
 def _q_sample_shifted(x0, t, alphas_cumprod, noise):
-    """A diagnosis: ᾱ_{t−1} where ᾱ_t belongs (timesteps taken as one-based)."""
+    """A diagnosis: ``alphas_cumprod[t - 1]`` (timesteps taken as one-based; t = 0 wraps to T − 1)."""
+    return ref.q_sample(x0, t, torch.roll(alphas_cumprod, 1), noise)
+
+
+def _q_sample_shifted_from_one(x0, t, alphas_cumprod, noise):
+    """A diagnosis: ᾱ_{t−1} with ᾱ₋₁ = 1, where ᾱ_t belongs."""
     return ref.q_sample(x0, t, prepend_one(alphas_cumprod), noise)
 
 
@@ -279,7 +284,10 @@ EXERCISE = Exercise(
         Agreement(
             function="q_sample", cases=diffusion_cases(), build=build_q_sample, reference=ref.q_sample, tolerance=SCHEDULE_TOLERANCE,
             dtype_from="x0", device_from="x0", points=3, dtype_points=1, examples=boundary_cases(),
-            diagnoses=(Diagnosis(_q_sample_shifted, "your output matches ᾱ_{t−1} in place of ᾱ_t: "
+            diagnoses=(Diagnosis(_q_sample_shifted, "your output matches alphas_cumprod[t − 1] in place of "
+                                 "alphas_cumprod[t] (ᾱ_{t−1} for ᾱ_t): timesteps are zero-based and ᾱ_t includes "
+                                 "step t; at t = 0, [t − 1] even wraps around to the last timestep"),
+                       Diagnosis(_q_sample_shifted_from_one, "your output matches ᾱ_{t−1} in place of ᾱ_t: "
                                  "timesteps are zero-based and ᾱ_t includes step t"),
                        Diagnosis(_q_sample_no_sqrt, "ᾱ_t and 1 − ᾱ_t are variances: the coefficients are their square roots")),
         ),

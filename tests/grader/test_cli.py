@@ -1,0 +1,118 @@
+"""The grade command: exit statuses and one-line errors for input that cannot be graded."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import torch
+
+from grader.cli import main, parse_size
+
+
+def _run(argv, capsys):
+    status = main(argv)
+    captured = capsys.readouterr()
+    return status, captured.out, captured.err
+
+
+def _assert_one_line_error(status, err, *needles):
+    assert status == 2
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("grade: error:") and "Traceback" not in err
+    for needle in needles:
+        assert needle in lines[0]
+
+
+def test_missing_path(tmp_path, capsys):
+    """Does a path that does not exist exit 2 with one line?"""
+    status, _, err = _run(["submit", str(tmp_path / "nope")], capsys)
+    _assert_one_line_error(status, err, "does not exist")
+
+
+def test_empty_folder(tmp_path, capsys):
+    """Does a folder without a notebook exit 2 with one line?"""
+    status, _, err = _run(["submit", str(tmp_path)], capsys)
+    _assert_one_line_error(status, err, "no notebook")
+
+
+def test_several_notebooks(tmp_path, capsys):
+    """Does a folder with two notebooks exit 2 and name them?"""
+    for name in ("a.ipynb", "b.ipynb"):
+        nbformat.write(nbformat.v4.new_notebook(), tmp_path / name)
+    status, _, err = _run(["submit", str(tmp_path)], capsys)
+    _assert_one_line_error(status, err, "a.ipynb", "b.ipynb")
+
+
+@pytest.mark.parametrize("content, needle", [
+    (b"{ this is not json", "invalid JSON"),
+    (b"\xff\xfe\x00binary", "not UTF-8"),
+    (json.dumps({"hello": "world"}).encode(), "not a Jupyter notebook"),
+    (json.dumps({"nbformat": 3, "nbformat_minor": 0, "cells": [], "metadata": {}}).encode(), "format 3"),
+    (json.dumps({"nbformat": 4, "nbformat_minor": 5, "cells": [{"cell_type": "code"}], "metadata": {}}).encode(),
+     "not a valid notebook"),
+])
+def test_corrupt_notebooks(tmp_path, capsys, content, needle):
+    """Does each kind of broken notebook exit 2 with one line that says what is wrong?"""
+    folder = tmp_path / "q_sampler"
+    folder.mkdir()
+    (folder / "q_sampler.ipynb").write_bytes(content)
+    status, _, err = _run(["submit", str(folder)], capsys)
+    _assert_one_line_error(status, err, needle)
+
+
+def test_not_a_notebook_file(tmp_path, capsys):
+    """Does a file that is not .ipynb exit 2?"""
+    path = tmp_path / "answers.py"
+    path.write_text("print(1)")
+    status, _, err = _run(["submit", str(path)], capsys)
+    _assert_one_line_error(status, err, "not a notebook")
+
+
+def test_unknown_exercise(tmp_path, capsys):
+    """Does a notebook of an exercise the grader does not know exit 2 and list the known ones?"""
+    folder = tmp_path / "homework7"
+    folder.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(), folder / "homework7.ipynb")
+    status, _, err = _run(["submit", str(folder)], capsys)
+    _assert_one_line_error(status, err, "homework7", "q_sampler")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cuda_without_a_gpu(tmp_path, capsys):
+    """Does --device cuda on a machine without a GPU exit 2 with one line?"""
+    root = Path(__file__).resolve().parents[2]
+    status, _, err = _run(["submit", str(root / "exercises" / "q_sampler"), "--device", "cuda",
+                           "--out", str(tmp_path)], capsys)
+    _assert_one_line_error(status, err, "CUDA")
+
+
+def test_min_score_needs_ci(tmp_path, capsys):
+    """Is --min-score without --ci refused rather than silently ignored?"""
+    root = Path(__file__).resolve().parents[2]
+    status, _, err = _run(["submit", str(root / "exercises" / "q_sampler"), "--min-score", "3"], capsys)
+    _assert_one_line_error(status, err, "--ci")
+
+
+@pytest.mark.parametrize("text, expected", [("4G", 4 * 1024**3), ("512M", 512 * 1024**2), ("1.5GiB", int(1.5 * 1024**3)),
+                                            ("1000", 1000)])
+def test_sizes(text, expected):
+    """Are memory limits read the way people write them?"""
+    assert parse_size(text) == expected
+
+
+def test_module_entry_point_and_version():
+    """Does `python -m grader --version` work (the console script's twin)?"""
+    out = subprocess.run([sys.executable, "-m", "grader", "--version"], capture_output=True, text=True, check=True)
+    assert out.stdout.startswith("grade ")
+
+
+def test_list(capsys):
+    """Does grade list name every exercise with its functions?"""
+    status, out, _ = _run(["list"], capsys)
+    assert status == 0 and "q_sampler" in out and "q_posterior" in out
