@@ -1,0 +1,477 @@
+"""Exact output laws of the discretised samplers on diagonal Gaussian data.
+
+With x₀ ~ N(μ, diag(s²)) (:class:`reference.toy.GaussianData`) the noised
+marginal at any level is N(a·μ, a²·s² + n) per coordinate, so the optimal
+ε-prediction and score are affine in x, coordinate by coordinate:
+
+    VP:  ε*(x, t) = √(1 − ᾱ_t) · (x − √ᾱ_t·μ) / (ᾱ_t·s² + 1 − ᾱ_t)
+    VE:  s*(x, σ) = −(x − μ) / (s² + σ²)
+
+Every step below that uses them is then x′ = A·x + b + S·z with A, b, S of the
+data's shape and z ~ N(0, I) independent of x, so a Gaussian law
+N(mean, diag(var)) is carried exactly to N(A·mean + b, A²·var + S²), and the
+output law of a whole sampler follows by recursion (Pierret & Galerne, ICML
+2025). Coordinates never mix, so the covariance stays diagonal, and the batch
+elements are independent and identically distributed.
+
+Which laws are exact:
+
+- **Exact Gaussian**: :func:`ddim_step_law` (any η, any pair of timesteps),
+  :func:`ddpm_step_law`, :func:`ddim_sample_law` (any η, spacing, start),
+  :func:`ddim_invert_law` (deterministic, affine), :func:`langevin_dynamics_law`,
+  :func:`annealed_langevin_law`, :func:`reverse_diffusion_predictor_law` and
+  :func:`pc_sample_law` (predictor only, i.e. ``pc_sample(..., n_corrector=0)``).
+  A start "law" with zero variance (:func:`point_law`) gives the law from a
+  fixed starting sample.
+- **Not Gaussian**: :func:`reference.langevin.langevin_corrector`. Its step
+  ε = 2 (snr · mean_b ‖z_b‖ / mean_b ‖s_b‖)² is shared by the batch and depends
+  on the noise radii ‖z_b‖ and on the current samples, so x′ is a scale
+  mixture, batch elements are correlated, and conditioning on ε changes the
+  law of z (it fixes the mean radius). What is exact, for a *fixed* batch x:
+  the first two moments of x′ and x_mean (:func:`langevin_corrector_moments`),
+  and, given the radii, the directions u_b = z_b/‖z_b‖ stay uniform on the
+  sphere and independent, so (x′_b − x_mean_b)/‖x′_b − x_mean_b‖ is uniform on
+  the sphere whatever ε is. Hence ``pc_sample`` with ``n_corrector ≥ 1`` has no
+  closed-form law here; test its predictor chain with :func:`pc_sample_law`
+  and the corrector step by injected noise and by these moments.
+- Gaussian-mixture data (:class:`reference.toy.GaussianMixture`) has
+  nonlinear scores: no sampler law is closed-form there.
+
+A law is a pair ``(mean, var)`` of float64 tensors that broadcast against the
+data shape ``D`` or a batch ``(B, *D)``. Everything is computed in float64.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from reference.ddim import ddim_sigma, ddim_timesteps
+from reference.toy import GaussianData
+
+__all__ = [
+    "point_law",
+    "standard_normal_law",
+    "affine_law",
+    "ddim_step_law",
+    "ddpm_step_law",
+    "ddim_sample_law",
+    "ddim_invert_law",
+    "langevin_dynamics_law",
+    "langevin_stationary_law",
+    "annealed_langevin_law",
+    "reverse_diffusion_predictor_law",
+    "pc_sample_law",
+    "chi_moments",
+    "langevin_corrector_step_moments",
+    "langevin_corrector_moments",
+]
+
+Law = tuple[torch.Tensor, torch.Tensor]
+
+
+def _f64(v, data: GaussianData) -> torch.Tensor:
+    """``v`` as a float64 tensor on the data's device."""
+    return torch.as_tensor(v, dtype=torch.float64, device=data.mean.device)
+
+
+def _params(data: GaussianData) -> tuple[torch.Tensor, torch.Tensor]:
+    """(μ, s²) in float64."""
+    return data.mean.to(torch.float64), data.var.to(torch.float64)
+
+
+def point_law(x: torch.Tensor) -> Law:
+    """The degenerate law δ_x: a fixed start, ``(x, 0)`` in float64."""
+    x = x.to(torch.float64)
+    return x, torch.zeros_like(x)
+
+
+def standard_normal_law(data: GaussianData) -> Law:
+    """N(0, I) over the data shape, the usual start of DDIM sampling."""
+    zeros = torch.zeros_like(data.mean, dtype=torch.float64)
+    return zeros, torch.ones_like(zeros)
+
+
+def affine_law(law: Law, a, b, s) -> Law:
+    """The law of x′ = a·x + b + s·z for x ~ N(mean, diag(var)) and z ~ N(0, I) independent.
+
+    mean′ = a·mean + b,   var′ = a²·var + s²
+
+    Args:
+        law: ``(mean, var)``.
+        a, b, s: coefficients broadcasting against the law.
+
+    Returns:
+        ``(mean′, var′)``.
+    """
+    mean, var = law
+    return a * mean + b, a**2 * var + s**2
+
+
+# ---------------------------------------------------------------------------------------------
+# VP samplers: DDPM and DDIM with the optimal ε-model
+# ---------------------------------------------------------------------------------------------
+
+
+def _alpha_bar(alphas_cumprod: torch.Tensor, t: int, data: GaussianData) -> torch.Tensor:
+    """ᾱ_t in float64 with ᾱ_t = 1 for t < 0."""
+    return _f64(1.0, data) if t < 0 else _f64(alphas_cumprod[t], data)
+
+
+def _ddim_affine(data: GaussianData, alpha_bar_cur, alpha_bar_next, alpha_bar_eval, sigma):
+    """(A, b, S) of x′ = √ᾱ_next·x̂₀ + √(1 − ᾱ_next − σ²)·ε + σ·z with ε = ε*(x, ᾱ_eval).
+
+    x̂₀ = (x − √(1 − ᾱ_cur)·ε)/√ᾱ_cur, so x′ = r·x + d·ε + σ·z with
+    r = √(ᾱ_next/ᾱ_cur) and d = √(1 − ᾱ_next − σ²) − r·√(1 − ᾱ_cur); and
+    ε = k·(x − m) with m = √ᾱ_eval·μ, k = √(1 − ᾱ_eval)/(ᾱ_eval·s² + 1 − ᾱ_eval).
+    """
+    mu, s2 = _params(data)
+    r = (alpha_bar_next / alpha_bar_cur).sqrt()
+    d = (1 - alpha_bar_next - sigma**2).clamp(min=0).sqrt() - r * (1 - alpha_bar_cur).sqrt()
+    k = (1 - alpha_bar_eval).sqrt() / (alpha_bar_eval * s2 + 1 - alpha_bar_eval)
+    m = alpha_bar_eval.sqrt() * mu
+    return r + d * k, -d * k * m, sigma * torch.ones_like(mu)
+
+
+def ddim_step_law(
+    data: GaussianData,
+    t: int,
+    t_prev: int,
+    alphas_cumprod: torch.Tensor,
+    eta: float,
+    x_law: Law,
+) -> Law:
+    """The exact law of ``ddim_step(ε*(x_t, t), t, t_prev, x_t, ᾱ, η)`` for x_t ~ N(x_law).
+
+    x_prev = A·x_t + b + σ_t(η)·z with A, b from the affine ε* (module docstring).
+
+    Args:
+        data: the Gaussian data defining the optimal ε-model.
+        t: current timestep; ``t_prev``: target timestep (negative for ᾱ_prev = 1).
+        alphas_cumprod: ``(T,)`` ᾱ.
+        eta: η.
+        x_law: ``(mean, var)`` of x_t; :func:`point_law` for a fixed x_t.
+
+    Returns:
+        ``(mean, var)`` of x_{t_prev}.
+    """
+    a_t, a_prev = _alpha_bar(alphas_cumprod, t, data), _alpha_bar(alphas_cumprod, t_prev, data)
+    sigma = ddim_sigma(a_t, a_prev, eta) if eta != 0 else _f64(0.0, data)
+    return affine_law(x_law, *_ddim_affine(data, a_t, a_prev, a_t, sigma))
+
+
+def ddpm_step_law(data: GaussianData, t: int, alphas_cumprod: torch.Tensor, x_law: Law) -> Law:
+    """The exact law of DDPM's ancestral step with the optimal denoiser (Ho et al. 2020, Algorithm 2).
+
+    x_{t−1} = μ̃_t(x̂₀, x_t) + √β̃_t · z
+    x̂₀      = E[x₀ | x_t] = μ + √ᾱ_t·s²·(x_t − √ᾱ_t·μ)/(ᾱ_t·s² + 1 − ᾱ_t)
+    μ̃_t     = β_t √ᾱ_{t−1}/(1 − ᾱ_t) · x̂₀ + (1 − ᾱ_{t−1}) √α_t/(1 − ᾱ_t) · x_t
+    β̃_t     = β_t (1 − ᾱ_{t−1})/(1 − ᾱ_t)
+
+    Derived through the posterior, independently of DDIM; equal to
+    :func:`ddim_step_law` with η = 1 and ``t_prev = t − 1``.
+
+    Args:
+        data: the Gaussian data.
+        t: the timestep, ``0 ≤ t < T``.
+        alphas_cumprod: ``(T,)`` ᾱ (β_t = 1 − ᾱ_t/ᾱ_{t−1}).
+        x_law: ``(mean, var)`` of x_t.
+
+    Returns:
+        ``(mean, var)`` of x_{t−1}.
+    """
+    mu, s2 = _params(data)
+    a_t, a_prev = _alpha_bar(alphas_cumprod, t, data), _alpha_bar(alphas_cumprod, t - 1, data)
+    alpha_t = a_t / a_prev
+    beta_t = 1 - alpha_t
+    c1 = beta_t * a_prev.sqrt() / (1 - a_t)
+    c2 = (1 - a_prev) * alpha_t.sqrt() / (1 - a_t)
+    g = a_t.sqrt() * s2 / (a_t * s2 + 1 - a_t)  # x̂₀ = μ + g·(x − √ᾱ_t·μ)
+    a = c1 * g + c2
+    b = c1 * (mu - g * a_t.sqrt() * mu)
+    return affine_law(x_law, a, b, (beta_t * (1 - a_prev) / (1 - a_t)).sqrt())
+
+
+def _start_law(data: GaussianData, x: torch.Tensor | None, law: Law | None) -> Law:
+    if x is not None and law is not None:
+        raise ValueError("Give a fixed start or a start law, not both.")
+    if x is not None:
+        return point_law(x)
+    if law is not None:
+        return tuple(_f64(v, data) for v in law)
+    return standard_normal_law(data)
+
+
+def ddim_sample_law(
+    data: GaussianData,
+    alphas_cumprod: torch.Tensor,
+    num_steps: int,
+    eta: float = 0.0,
+    spacing: str = "leading",
+    x_T: torch.Tensor | None = None,
+    x_T_law: Law | None = None,
+) -> Law:
+    """The exact law of ``ddim_sample`` with the optimal ε-model of ``data``.
+
+    Composes :func:`ddim_step_law` along ``ddim_timesteps(T, num_steps, spacing)``
+    and the final step to t_prev = −1, as :func:`reference.ddim.ddim_sample` does.
+
+    Args:
+        data: the Gaussian data.
+        alphas_cumprod: ``(T,)`` ᾱ.
+        num_steps, eta, spacing: as in ``ddim_sample``.
+        x_T: ``(B, *D)`` a fixed start; or
+        x_T_law: ``(mean, var)`` of the start; default N(0, I).
+
+    Returns:
+        ``(mean, var)`` of the samples, shaped like the start's law.
+    """
+    law = _start_law(data, x_T, x_T_law)
+    timesteps = ddim_timesteps(alphas_cumprod.shape[0], num_steps, spacing).tolist()
+    for i, t in enumerate(timesteps):
+        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        law = ddim_step_law(data, t, t_prev, alphas_cumprod, eta, law)
+    return law
+
+
+def ddim_invert_law(
+    data: GaussianData,
+    alphas_cumprod: torch.Tensor,
+    num_steps: int,
+    spacing: str = "leading",
+    x0: torch.Tensor | None = None,
+    x0_law: Law | None = None,
+) -> Law:
+    """The law of ``ddim_invert`` with the optimal ε-model; the map is deterministic and affine.
+
+    Each inversion step is x ← √ᾱ_τ·x̂₀ + √(1 − ᾱ_τ)·ε*(x, τ) with x̂₀ taken at
+    the current level ᾱ_cur, an affine map of x; so for a fixed x₀
+    (``x0``) the returned mean *is* the inverted sample and the variance is 0.
+
+    Args:
+        data: the Gaussian data.
+        alphas_cumprod: ``(T,)`` ᾱ.
+        num_steps, spacing: as in ``ddim_invert``.
+        x0: ``(B, *D)`` fixed data; or
+        x0_law: ``(mean, var)`` of x₀; default the data's law N(μ, s²).
+
+    Returns:
+        ``(mean, var)`` of x_T.
+    """
+    if x0 is None and x0_law is None:
+        x0_law = _params(data)
+    law = _start_law(data, x0, x0_law)
+    a_cur = _f64(1.0, data)
+    for t in ddim_timesteps(alphas_cumprod.shape[0], num_steps, spacing).flip(0).tolist():
+        a_t = _alpha_bar(alphas_cumprod, t, data)
+        law = affine_law(law, *_ddim_affine(data, a_cur, a_t, a_t, _f64(0.0, data)))
+        a_cur = a_t
+    return law
+
+
+# ---------------------------------------------------------------------------------------------
+# Langevin dynamics and the VE predictor with the exact score
+# ---------------------------------------------------------------------------------------------
+
+
+def _langevin_affine(target_mean, target_var, step_size):
+    """(A, b, S) of x′ = x + (α/2)·(−(x − m)/v) + √α·z: A = 1 − α/(2v), b = α·m/(2v), S = √α."""
+    rho = 1 - step_size / (2 * target_var)
+    return rho, (1 - rho) * target_mean, step_size**0.5 * torch.ones_like(target_mean)
+
+
+def langevin_dynamics_law(target: GaussianData, x_law: Law, step_size: float, n_steps: int) -> Law:
+    """The exact law of ``langevin_dynamics(target's score, x, α, n_steps)`` for x ~ N(x_law).
+
+    With ∇ log p(x) = −(x − m)/v, each step is x′ = ρ·x + (1 − ρ)·m + √α·z,
+    ρ = 1 − α/(2v); after n steps mean = m + ρⁿ(mean₀ − m) and
+    var = ρ^{2n}·var₀ + α(1 − ρ^{2n})/(1 − ρ²) (computed by recursion).
+
+    Args:
+        target: the Gaussian target N(m, diag(v)) (for a VE-noised level use
+            ``GaussianData(mean, var + σ²)``).
+        x_law: ``(mean, var)`` of the start.
+        step_size: α.
+        n_steps: number of steps.
+
+    Returns:
+        ``(mean, var)`` after n_steps.
+    """
+    m, v = _params(target)
+    law = tuple(_f64(u, target) for u in x_law)
+    for _ in range(n_steps):
+        law = affine_law(law, *_langevin_affine(m, v, step_size))
+    return law
+
+
+def langevin_stationary_law(target: GaussianData, step_size: float) -> Law:
+    """The stationary law of unadjusted Langevin on N(m, v): N(m, v / (1 − α/(4v))), for 0 < α < 4v.
+
+    The fixed point of var = ρ²·var + α with ρ = 1 − α/(2v): the discretisation
+    inflates the variance by 1/(1 − α/(4v)) (Roberts & Tweedie 1996).
+    """
+    m, v = _params(target)
+    return m, v / (1 - step_size / (4 * v))
+
+
+def annealed_langevin_law(
+    data: GaussianData,
+    x_law: Law,
+    sigmas: torch.Tensor,
+    step_lr: float,
+    n_steps_each: int,
+) -> Law:
+    """The exact law of ``annealed_langevin_dynamics`` with the exact VE score of ``data``.
+
+    At level σ_i the target is N(μ, s² + σ_i²) and α_i = step_lr·(σ_i/σ_L)²; see
+    :func:`langevin_dynamics_law`.
+
+    Args:
+        data: the Gaussian data.
+        x_law: ``(mean, var)`` of the start.
+        sigmas: ``(L,)`` descending noise levels.
+        step_lr, n_steps_each: as in ``annealed_langevin_dynamics``.
+
+    Returns:
+        ``(mean, var)`` of the output.
+    """
+    mu, s2 = _params(data)
+    sigmas = _f64(sigmas, data)
+    law = tuple(_f64(u, data) for u in x_law)
+    for sigma in sigmas:
+        alpha = step_lr * (sigma / sigmas[-1]) ** 2
+        for _ in range(n_steps_each):
+            law = affine_law(law, *_langevin_affine(mu, s2 + sigma**2, alpha))
+    return law
+
+
+def reverse_diffusion_predictor_law(
+    data: GaussianData,
+    x_law: Law,
+    sigma,
+    sigma_next,
+    noise_free: bool = False,
+) -> Law:
+    """The exact law of ``reverse_diffusion_predictor``'s x (or x_mean) with the exact VE score.
+
+    x_mean = x − g²·(x − μ)/(s² + σ²),  x = x_mean + g·z,  g² = σ² − σ_next².
+
+    Args:
+        data: the Gaussian data.
+        x_law: ``(mean, var)`` of the input.
+        sigma, sigma_next: the levels (floats or 0-dim tensors).
+        noise_free: return the law of x_mean instead of x.
+
+    Returns:
+        ``(mean, var)``.
+    """
+    mu, s2 = _params(data)
+    sigma, sigma_next = _f64(sigma, data), _f64(sigma_next, data)
+    g2 = sigma**2 - sigma_next**2
+    a = 1 - g2 / (s2 + sigma**2)
+    s = torch.zeros_like(mu) if noise_free else g2.sqrt() * torch.ones_like(mu)
+    return affine_law(tuple(_f64(u, data) for u in x_law), a, (1 - a) * mu, s)
+
+
+def pc_sample_law(data: GaussianData, sigmas: torch.Tensor) -> Law:
+    """The exact law of ``pc_sample(..., n_corrector=0)`` with the exact VE score.
+
+    x = σ_0·z ~ N(0, σ_0²), then the predictor from σ_i to σ_{i+1} (σ_N = 0),
+    the last one noise-free. With ``n_corrector ≥ 1`` there is no Gaussian law
+    (see the module docstring).
+
+    Args:
+        data: the Gaussian data.
+        sigmas: ``(N,)`` descending noise levels.
+
+    Returns:
+        ``(mean, var)`` over the data shape.
+    """
+    sigmas = _f64(sigmas, data)
+    zeros = torch.zeros_like(data.mean, dtype=torch.float64)
+    law = (zeros, sigmas[0] ** 2 * torch.ones_like(zeros))
+    for i in range(len(sigmas)):
+        sigma_next = sigmas[i + 1] if i + 1 < len(sigmas) else _f64(0.0, data)
+        law = reverse_diffusion_predictor_law(data, law, sigmas[i], sigma_next, noise_free=i + 1 == len(sigmas))
+    return law
+
+
+# ---------------------------------------------------------------------------------------------
+# The Langevin corrector: exact moments for a fixed batch (the law is not Gaussian)
+# ---------------------------------------------------------------------------------------------
+
+
+def chi_moments(d: int) -> tuple[float, float, float, float]:
+    """Raw moments E[rᵏ], k = 1…4, of r = ‖z‖ for z ~ N(0, I_d) (the chi distribution).
+
+    E r = κ = √2·Γ((d+1)/2)/Γ(d/2),  E r² = d,  E r³ = (d+1)·κ,  E r⁴ = d(d+2).
+    """
+    kappa = math.sqrt(2) * math.exp(math.lgamma((d + 1) / 2) - math.lgamma(d / 2))
+    return kappa, float(d), (d + 1) * kappa, float(d * (d + 2))
+
+
+def langevin_corrector_step_moments(score_norm_mean: float, d: int, batch: int, snr: float) -> dict[str, float]:
+    """Exact moments of the corrector's step ε = 2·snr²·r̄²/ḡ² for a fixed batch.
+
+    r̄ = mean_b ‖z_b‖ over ``batch`` independent z_b ~ N(0, I_d), ḡ = ``score_norm_mean``
+    = mean_b ‖s(x_b)‖ (fixed, since x is). With S = B·r̄, a sum of B iid chi
+    variables with cumulants c_j, S has cumulants K_j = B·c_j and
+        E S² = K2 + K1²,   E S⁴ = K4 + 4·K3·K1 + 3·K2² + 6·K2·K1² + K1⁴,
+        E[S²·r_b²] = E r⁴ + 2(B−1)·E r³·E r + E r²·((B−1)·E r² + (B−1)(B−2)·(E r)²).
+
+    Returns:
+        ``{"mean": E ε, "var": Var ε, "mean_times_r2": E[ε·‖z_b‖²]}`` (any b).
+    """
+    m1, m2, m3, m4 = chi_moments(d)
+    c1 = m1
+    c2 = m2 - m1**2
+    c3 = m3 - 3 * m2 * m1 + 2 * m1**3
+    c4 = m4 - 4 * m3 * m1 - 3 * m2**2 + 12 * m2 * m1**2 - 6 * m1**4
+    k1, k2, k3, k4 = (batch * c for c in (c1, c2, c3, c4))
+    es2 = k2 + k1**2
+    es4 = k4 + 4 * k3 * k1 + 3 * k2**2 + 6 * k2 * k1**2 + k1**4
+    es2r2 = m4 + 2 * (batch - 1) * m3 * m1 + m2 * ((batch - 1) * m2 + (batch - 1) * (batch - 2) * m1**2)
+    scale = 2 * snr**2 / (score_norm_mean**2 * batch**2)  # ε = scale · S²
+    mean = scale * es2
+    return {"mean": mean, "var": scale**2 * es4 - mean**2, "mean_times_r2": scale * es2r2}
+
+
+def langevin_corrector_moments(
+    data: GaussianData,
+    x: torch.Tensor,
+    sigma,
+    snr: float,
+) -> dict[str, torch.Tensor]:
+    """Exact means and variances of ``langevin_corrector``'s outputs for a fixed batch x (not a Gaussian law).
+
+    With s_b = s*(x_b, σ) fixed and ε independent of the directions z_b/‖z_b‖:
+        E x′ = E x_mean = x + E[ε]·s,
+        Var x_mean      = s²·Var ε,
+        Var x′          = s²·Var ε + (2/d)·E[ε·‖z_b‖²]       (d = number of non-batch entries),
+    and Cov(x′_{b,i}, x′_{c,j}) = s_{b,i}·s_{c,j}·Var ε for (b,i) ≠ (c,j). The
+    cross term E[(ε − Eε)·√(2ε)·z] vanishes by the symmetry z_b → −z_b.
+
+    Args:
+        data: the Gaussian data (exact VE score).
+        x: ``(B, *D)`` the fixed input batch.
+        sigma: the noise level (float or 0-dim tensor).
+        snr: the corrector's snr.
+
+    Returns:
+        dict of float64 ``(B, *D)`` tensors ``mean``, ``var`` (of x′), ``var_mean`` (of x_mean),
+        and the 0-dim ``step_mean``, ``step_var``.
+    """
+    mu, s2 = _params(data)
+    x = x.to(torch.float64)
+    score = -(x - mu) / (s2 + _f64(sigma, data) ** 2)
+    batch, d = x.shape[0], x[0].numel()
+    g = torch.linalg.vector_norm(score.reshape(batch, -1), dim=-1).mean()
+    step = langevin_corrector_step_moments(float(g), d, batch, snr)
+    return {
+        "mean": x + step["mean"] * score,
+        "var": score**2 * step["var"] + 2 * step["mean_times_r2"] / d,
+        "var_mean": score**2 * step["var"],
+        "step_mean": _f64(step["mean"], data),
+        "step_var": _f64(step["var"], data),
+    }
