@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--ci", action="store_true", help="CI mode: a short summary; exit 1 below full marks or --min-score")
     submit.add_argument("--min-score", type=float, default=None, help="with --ci: the score needed to pass")
     submit.add_argument("-v", "--verbose", action="store_true", help="print whole failure messages")
+    submit.add_argument("--exercise", default=None, help="grade as this exercise (default: the notebook's metadata, "
+                                                         "else its folder's name)")
     _add_grading_options(submit)
 
     generate = commands.add_parser("generate", help="regenerate student notebooks from solutions/",
@@ -93,7 +95,8 @@ def _options(args: argparse.Namespace, out: Path | None):
 
     limits = Limits(cell_timeout=args.cell_timeout, call_timeout=args.call_timeout,
                     memory_bytes=args.memory_limit, batch_timeout=max(120.0, 4 * args.call_timeout))
-    return SubmitOptions(seed=args.seed, device=args.device, timeout=args.timeout, limits=limits, out=out)
+    return SubmitOptions(seed=args.seed, device=args.device, timeout=args.timeout, limits=limits, out=out,
+                         exercise=getattr(args, "exercise", None))
 
 
 def _submit(args: argparse.Namespace) -> int:

@@ -70,12 +70,12 @@ def read_notebook(path: Path) -> nbformat.NotebookNode:
     return notebook
 
 
-def load_submission(path: Path | str) -> Submission:
-    """Find, read and validate the notebook at ``path`` and name its exercise."""
+def load_submission(path: Path | str, exercise: str | None = None) -> Submission:
+    """Find, read and validate the notebook at ``path`` and name its exercise (``exercise`` overrides)."""
     notebook_path = find_notebook(Path(path))
     notebook = read_notebook(notebook_path)
     stamped = notebook.metadata.get("grader", {})
-    name = stamped.get("exercise") if isinstance(stamped, dict) else None
+    name = exercise or (stamped.get("exercise") if isinstance(stamped, dict) else None)
     if not isinstance(name, str) or not name:
         name = notebook_path.parent.resolve().name  # not stamped: the folder's name
     load_exercise(name)  # raises UnknownExercise with the list of known ones

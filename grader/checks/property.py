@@ -148,7 +148,7 @@ class Property(Check):
             first = self._shrink(aspect, cases, cache, ctx, tag) or first
         case, inputs, outcome, mismatch = first
         lines = [str(mismatch)]
-        hint = self._diagnose(inputs, outcome) if outcome.ok else ""
+        hint = self._diagnose(list(cache.values())) if outcome.ok else ""
         if hint:
             lines.append(f"Hint: {hint}")
         lines.append(f"Failed on {len(failures)} of {len(cases)} inputs. The smallest failing input found:")
@@ -198,22 +198,33 @@ class Property(Check):
             pass
         return failing[-1] if failing else None
 
-    def _diagnose(self, inputs: Inputs, outcome: Outcome) -> str:
+    def _diagnose(self, answered: list[tuple[Inputs, Outcome]]) -> str:
+        """The first known mistake that reproduces the student's values on every answered input.
+
+        Matching every input, not only the failing one, keeps a diagnosis from naming the
+        wrong mistake where two formulas happen to agree (e.g. at t = 0, where ᾱ ≈ 1).
+        """
+        answered = [(i, o) for i, o in answered if o.ok]
         for diagnosis in self.diagnoses:
-            try:
-                wrong = inputs.call_reference(diagnosis.wrong)
-                got = outcome.value
-                if isinstance(wrong, tuple):
-                    got = as_tuple(got, tuple(str(i) for i in range(len(wrong))), "the result")
-                    pairs = list(zip(got, wrong))
-                else:
-                    pairs = [(got, wrong)]
-                for g, w in pairs:
-                    compare_values(as_tensor(g, "the result"), w, DEFAULT_TOLERANCE, "the result", broadcast=True)
+            tolerance = getattr(self, "tolerance", DEFAULT_TOLERANCE)
+            if answered and all(_matches(diagnosis, inputs, outcome, tolerance) for inputs, outcome in answered):
                 return diagnosis.message
-            except Exception:  # noqa: BLE001 -- no match (or not comparable): try the next one
-                continue
         return ""
+
+
+def _matches(diagnosis: Diagnosis, inputs: Inputs, outcome: Outcome, tolerance: Tolerance) -> bool:
+    try:
+        wrong = inputs.call_reference(diagnosis.wrong)
+        got = outcome.value
+        if isinstance(wrong, tuple):
+            pairs = list(zip(as_tuple(got, tuple(str(i) for i in range(len(wrong))), "the result"), wrong))
+        else:
+            pairs = [(got, wrong)]
+        for g, w in pairs:
+            compare_values(as_tensor(g, "the result"), w, tolerance, "the result", broadcast=True)
+    except Exception:  # noqa: BLE001 -- not comparable, or different: no match
+        return False
+    return True
 
 
 def _same_failure(a: Outcome, b: Outcome) -> bool:

@@ -69,13 +69,13 @@ class Statistical(Check):
         except Mismatch as exc:
             return [Verdict(False, str(exc), dict(exc.details))]
         passed = all(s.passed for s in report.statistics)
-        lines = [s.describe() for s in report.statistics]
         if passed:
-            output = "passed: " + "; ".join(lines)
+            output = "passed: " + "; ".join(s.describe() for s in report.statistics)
         else:
             failed = [s for s in report.statistics if not s.passed]
+            ordered = failed + [s for s in report.statistics if s.passed]
             output = (f"the distribution of {self.function}'s output is not the expected one "
-                      f"({failed[0].name} is off).\n" + "\n".join(lines))
+                      f"({failed[0].name} is off).\n" + "\n".join(s.describe() for s in ordered))
         if report.note:
             output += "\n" + report.note
         output += (f"\nA correct implementation fails this test with probability at most {self.alpha:.0e}: "
