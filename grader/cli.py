@@ -156,10 +156,25 @@ def _list(args: argparse.Namespace) -> int:
     return EXIT_PASSED
 
 
+def _terminate_cleanly() -> None:
+    """Turn SIGTERM into KeyboardInterrupt, so that the kernel and its processes are cleaned up."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt()
+
+    signal.signal(signal.SIGTERM, handler)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``grade`` with ``argv`` (default: the command line); the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    _terminate_cleanly()
     command = {"submit": _submit, "generate": _generate, "batch": _batch, "list": _list}[args.command]
     try:
         return command(args)

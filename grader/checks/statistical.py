@@ -120,9 +120,12 @@ def residual_plot(residuals: torch.Tensor, title: str) -> str:
         grid = torch.linspace(low, high, 400, dtype=torch.float64)
         ax.plot(grid.numpy(), (torch.exp(-grid**2 / 2) / (2 * torch.pi) ** 0.5).numpy(), "k-", lw=1.5,
                 label="N(0, 1): a correct sampler")
+    else:
+        ax.text(0.5, 0.5, "no finite values came back", ha="center", va="center", transform=ax.transAxes)
     ax.set_title(title, fontsize=9)
     ax.set_xlabel("(x − expected mean) / expected std")
-    ax.legend(fontsize=8)
+    if r.numel():
+        ax.legend(fontsize=8)
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")

@@ -85,10 +85,15 @@ class CellRun:
     seconds: float = 0.0
 
 
+#: Restarts of one submission's kernel before the grader gives up on it (every later call fails).
+MAX_RESTARTS = 8
+
+
 @dataclass
 class _State:
     replay: list[str] = field(default_factory=list)  # sources of cells that ran cleanly
     restarts: int = 0
+    broken: str = ""  # why the kernel is beyond restarting, once it is
 
 
 class _CappedClient(NotebookClient):
@@ -113,6 +118,11 @@ class _CappedClient(NotebookClient):
     def reset_execution_trackers(self) -> None:
         super().reset_execution_trackers()
         self._used: dict[int, int] = {}
+        self.timed_out = False
+
+    async def _async_handle_timeout(self, timeout, cell=None):
+        self.timed_out = True  # whatever the kernel answers after the interrupt, this cell timed out
+        return await super()._async_handle_timeout(timeout, cell)
 
 
 class SandboxKernel:
@@ -256,14 +266,34 @@ class SandboxKernel:
         return f"exited with status {code}"
 
     def restart(self) -> None:
-        """Kill the kernel and everything it started, start a fresh one, replay the clean cells."""
-        self._state.restarts += 1
-        if self.client is not None and self.client.kc is not None:
-            self.client.kc.stop_channels()
-        self._kill()
-        run_sync(self._astart)()
-        for source in self._state.replay:
-            run_sync(self._aexecute_source)(source, self.limits.cell_timeout)
+        """Kill the kernel and everything it started, start a fresh one, replay the clean cells.
+
+        A cell that ran cleanly the first time but kills the kernel on replay is
+        dropped from the replay; after :data:`MAX_RESTARTS` restarts the kernel is
+        marked broken and every later call fails at once with the reason.
+        """
+        while True:
+            self._state.restarts += 1
+            if self._state.restarts > MAX_RESTARTS:
+                self._state.broken = f"the kernel was restarted {MAX_RESTARTS} times; the grader gave up on it"
+                self._kill()
+                return
+            if self.client is not None and self.client.kc is not None:
+                self.client.kc.stop_channels()
+            self._kill()
+            try:
+                run_sync(self._astart)()
+            except Exception as exc:  # noqa: BLE001 -- cannot even start: nothing more to try
+                self._state.broken = f"the kernel could not be restarted ({type(exc).__name__})"
+                return
+            try:
+                for index, source in enumerate(list(self._state.replay)):
+                    if run_sync(self._aexecute_source)(source, self.limits.cell_timeout) is None:
+                        raise DeadKernelError("replay timed out")
+            except DeadKernelError:
+                del self._state.replay[index]
+                continue
+            return
 
     # -- the notebook --------------------------------------------------------------------
 
@@ -287,6 +317,7 @@ class SandboxKernel:
     def _run_cell(self, cell, index: int, count: int, timeout: float) -> CellRun:
         assert self.client is not None
         self.client.timeout = max(1, int(timeout + 0.999))
+        self.client.timed_out = False
         started = time.monotonic()
         try:
             run_sync(self.client.async_execute_cell)(cell, index, execution_count=count)
@@ -300,8 +331,8 @@ class SandboxKernel:
         if error is None:
             self._state.replay.append(cell.source)
             return CellRun(index, "ok", seconds=seconds)
-        if error.get("ename") == "CellTimeout":
-            run = CellRun(index, "timeout", f"the cell ran longer than {timeout:.0f} s and was interrupted",
+        if self.client.timed_out:
+            run = CellRun(index, "timeout", f"the cell ran longer than {self.client.timeout} s and was interrupted",
                           seconds=seconds)
             if not self._responsive():
                 self.restart()
@@ -354,6 +385,8 @@ class SandboxKernel:
         """
         self._batch += 1
         n = len(request["calls"])
+        if self._state.broken:
+            return [{"status": "crashed", "message": self._state.broken} for _ in range(n)]
         folder = self.workdir / f".grader-batch-{self._batch}"
         folder.mkdir()
         request_path = folder / "request.pt"

@@ -9,7 +9,7 @@ kernel command the grader gives jupyter_client. In this order it
 3. installs the audit hook of :mod:`grader.sandbox.guard`, which cannot be removed;
 4. hands over to ipykernel.
 
-CONFIG.json holds ``memory_bytes``, ``cpu_seconds``, ``file_bytes``, ``threads`` and the
+CONFIG.json (kept: a restart reads it again) holds ``memory_bytes``, ``cpu_seconds``, ``file_bytes``, ``threads`` and the
 :class:`~grader.sandbox.guard.Policy` arguments.
 """
 
@@ -40,11 +40,26 @@ def _set_limits(config: dict) -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+def _die_with_parent() -> None:
+    """Ask Linux to SIGKILL this kernel if the grader dies first (no orphaned kernels)."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+    if os.getppid() == 1:  # the grader is already gone
+        os._exit(1)
+
+
 def main(argv: list[str]) -> None:
     config_path, kernel_args = argv[0], argv[1:]
+    _die_with_parent()
     with open(config_path) as f:
         config = json.load(f)
-    os.remove(config_path)
     _set_limits(config)
 
     threads = config.get("threads")

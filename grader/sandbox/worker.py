@@ -130,9 +130,16 @@ def execute(request: dict, namespace: dict, emit: Callable[[int, dict], None]) -
     use_alarm = bool(timeout) and hasattr(signal, "setitimer") and _main_thread()
     previous = signal.signal(signal.SIGALRM, _on_alarm) if use_alarm else None
     try:
+        timed_out = False
         for index, call in enumerate(request["calls"]):
+            if timed_out:  # one hang is verdict enough; do not spend the rest of the budget
+                emit(index, {"status": "skipped", "message": "not run: an earlier call of this batch timed out",
+                             "model_calls": [], "refusals": []})
+                continue
             seed = request["seeds"][index]
-            emit(index, _run_one(call, namespace, seed, timeout if use_alarm else None))
+            outcome = _run_one(call, namespace, seed, timeout if use_alarm else None)
+            timed_out = outcome["status"] == "timeout"
+            emit(index, outcome)
     finally:
         if use_alarm:
             signal.signal(signal.SIGALRM, previous)

@@ -1,0 +1,293 @@
+"""Hostile and broken submissions: each attack is one notebook, graded through the real sandbox.
+
+Every fixture notebook is the q_sampler solution's definitions (no plots: fast)
+plus the attack. For each we check what grading.md promises: grading ends in
+bounded time; the attacked function gets 0 with a message saying what happened;
+the rest of the notebook is still graded (no point lost elsewhere, none gained);
+nothing of the submission is left running; the feedback is the grader's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+
+import nbformat
+import pytest
+
+from grader.exercises import load_exercise
+from grader.sandbox.kernel import GiB, Limits
+from grader.submit import SubmitOptions, grade_submission
+from grader.render import write_outputs
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+#: Small limits so that the attacks end fast; the bound on each test's wall time follows from them.
+LIMITS = Limits(cell_timeout=4, call_timeout=2, batch_timeout=20, memory_bytes=2 * GiB, startup_timeout=60)
+TIMEOUT = 240  # whole-submission budget
+
+
+def _definitions() -> list[str]:
+    """The solution's setup and definition cells, without plots, sanity cells or check() calls."""
+    nb = nbformat.read(ROOT / "solutions" / "q_sampler" / "q_sampler.ipynb", as_version=4)
+    graded = ("_extract",) + load_exercise("q_sampler").function_names
+    keep = []
+    for cell in nb.cells:
+        defines = cell.source.lstrip().startswith(tuple(f"def {name}(" for name in graded))
+        if cell.cell_type == "code" and (cell.get("id") == "setup" or defines):
+            keep.append("\n".join(line for line in cell.source.splitlines() if "SOLUTION" not in line))
+    return keep
+
+
+def _notebook(tmp_path: Path, cells: list[str]) -> Path:
+    folder = tmp_path / "q_sampler"
+    folder.mkdir()
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["grader"] = {"exercise": "q_sampler"}
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+    nbformat.write(nb, folder / "q_sampler.ipynb")
+    return folder
+
+
+def _grade(folder: Path, limits: Limits = LIMITS):
+    started = time.monotonic()
+    out = folder / "feedback"
+    result, notebook = grade_submission(folder, SubmitOptions(timeout=TIMEOUT, limits=limits, out=out))
+    write_outputs(result, notebook, out)
+    return result, time.monotonic() - started
+
+
+def _replace(cells: list[str], function: str, body: str) -> list[str]:
+    """Replace the definition of ``function`` by ``body`` (a whole new definition)."""
+    return [body if c.lstrip().startswith(f"def {function}(") else c for c in cells]
+
+
+def _by_function(result) -> dict[str, list]:
+    table: dict[str, list] = {}
+    for test in result.tests:
+        table.setdefault(test.function, []).append(test)
+    return table
+
+
+@pytest.fixture(scope="module")
+def honest(tmp_path_factory):
+    """The honest solution's grade: what every attack is compared with."""
+    result, _ = _grade(_notebook(tmp_path_factory.mktemp("honest"), _definitions()))
+    assert result.full_marks, [t.output for t in result.tests if not t.passed]
+    return result
+
+
+def _assert_only(result, function: str, *needles: str) -> None:
+    """Every test of ``function`` with points failed, with a message holding ``needles``; all others passed."""
+    table = _by_function(result)
+    for test in table[function]:
+        if test.max_score:
+            assert not test.passed, test.name
+            for needle in needles:
+                assert needle in test.output, (needle, test.output)
+    for other, tests in table.items():
+        if other not in (function, None):
+            assert all(t.passed for t in tests), [(t.name, t.output) for t in tests if not t.passed]
+
+
+def _no_process_left(marker: str) -> None:
+    for _ in range(50):
+        alive = []
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                try:
+                    cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+                    status = Path(f"/proc/{pid}/status").read_text()
+                except OSError:
+                    continue
+                if marker in cmdline and "State:\tZ" not in status:
+                    alive.append(pid)
+        if not alive:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"processes of the submission still alive: {alive}")
+
+
+LOOP = "def q_sample(x0, t, alphas_cumprod, noise=None):\n    while True:\n        pass\n"
+
+
+def test_a_cell_that_loops_forever(tmp_path, honest):
+    """Is a looping cell interrupted after the cell timeout, and everything else graded?"""
+    result, seconds = _grade(_notebook(tmp_path, _definitions() + ["while True:\n    pass\n"]))
+    assert result.score == honest.score
+    assert "ran longer than 4 s" in result.tests[0].output
+    assert seconds < 90
+
+
+def test_a_function_that_loops_forever(tmp_path, honest):
+    """Does a graded function that never returns get 0, 'timed out', with the rest graded?"""
+    result, seconds = _grade(_notebook(tmp_path, _replace(_definitions(), "q_sample", LOOP)))
+    _assert_only(result, "q_sample", "timed out")
+    assert seconds < 150
+
+
+def test_a_function_that_blocks_signals_and_loops(tmp_path, honest):
+    """Is a function that blocks SIGALRM and SIGINT and spins killed from outside, and the rest graded?"""
+    body = ("def q_sample(x0, t, alphas_cumprod, noise=None):\n    import signal\n"
+            "    signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGALRM, signal.SIGINT])\n"
+            "    while True:\n        pass\n")
+    result, seconds = _grade(_notebook(tmp_path, _replace(_definitions(), "q_sample", body)))
+    _assert_only(result, "q_sample", "timed out")
+    assert seconds < 200
+
+
+def test_os_exit_in_a_function(tmp_path, honest):
+    """Does os._exit(3) cost only that function, with the exit status in the message?"""
+    body = "def q_step(x_prev, t, betas, noise=None):\n    import os\n    os._exit(3)\n"
+    result, _ = _grade(_notebook(tmp_path, _replace(_definitions(), "q_step", body)))
+    _assert_only(result, "q_step", "exited with status 3")
+
+
+def test_sys_exit_and_keyboard_interrupt(tmp_path, honest):
+    """Are sys.exit() and a raised KeyboardInterrupt just errors of those functions?"""
+    cells = _replace(_definitions(), "q_step", "def q_step(x_prev, t, betas, noise=None):\n    import sys\n    sys.exit(0)\n")
+    cells = _replace(cells, "q_posterior", "def q_posterior(x0, xt, t, betas):\n    raise KeyboardInterrupt\n")
+    cells.append("import sys\nsys.exit(1)\n")
+    result, _ = _grade(_notebook(tmp_path, cells))
+    table = _by_function(result)
+    assert all(not t.passed and "SystemExit" in t.output for t in table["q_step"] if t.max_score)
+    assert all(not t.passed and "KeyboardInterrupt" in t.output for t in table["q_posterior"] if t.max_score)
+    assert all(t.passed for f, ts in table.items() if f not in ("q_step", "q_posterior", None) for t in ts)
+
+
+def test_memory_exhaustion(tmp_path, honest):
+    """Does a function that allocates more than the limit get 0 with 'memory', and the rest graded?"""
+    body = ("def q_sample(x0, t, alphas_cumprod, noise=None):\n"
+            "    hoard = [torch.empty(128 * 1024**2) for _ in range(32)]  # 16 GiB, 512 MiB at a time\n"
+            "    return x0\n")
+    cells = _replace(_definitions(), "q_sample", body) + ["big = torch.empty(10**11)"]
+    result, _ = _grade(_notebook(tmp_path, cells))
+    _assert_only(result, "q_sample", "memory")
+    assert "allocate" in result.tests[0].output
+
+
+def test_processes_meant_to_outlive_grading(tmp_path, honest):
+    """Are subprocesses refused, and a process forked behind the guard's back (ctypes) killed at the end?"""
+    marker = f"grader-test-orphan-{os.getpid()}-{time.monotonic_ns()}"
+    cells = _definitions() + [
+        "import subprocess\nsubprocess.Popen(['sleep', '1000'])",
+        # fork() through libc, escape the session, exec a long sleep with a recognisable argv[0]
+        "import ctypes, os\nlibc = ctypes.CDLL(None)\npid = libc.fork()\n"
+        f"if pid == 0:\n    libc.setsid()\n    os.execv('/bin/sleep', ['{marker}', '1000'])\n",
+    ]
+    result, _ = _grade(_notebook(tmp_path, cells))
+    assert "may not start a process" in result.tests[0].output
+    assert result.score == honest.score
+    _no_process_left(marker)
+
+
+def test_output_flood(tmp_path, honest):
+    """Is a flood of output cut, in the notebook and during calls, without costing points?"""
+    cells = _definitions() + ["for i in range(200000):\n    print('spam ' * 20)\n", "print('x' * 10**7)"]
+    cells = _replace(cells, "q_step", _definitions_of("q_step").replace("    if noise is None:", "    print('y' * 10**6)\n    if noise is None:", 1))
+    result, _ = _grade(_notebook(tmp_path, cells))
+    assert result.score == honest.score
+    executed = (tmp_path / "q_sampler" / "feedback" / "q_sampler.executed.ipynb").stat().st_size
+    assert executed < 5 * LIMITS.output_bytes
+
+
+def _definitions_of(function: str) -> str:
+    return next(c for c in _definitions() if c.lstrip().startswith(f"def {function}("))
+
+
+def test_monkey_patching_comparisons_gains_nothing(tmp_path, honest):
+    """Does patching torch's comparisons in the kernel leave a wrong answer wrong?"""
+    patch = ("import torch, numpy\ntorch.allclose = lambda *a, **k: True\ntorch.equal = lambda *a, **k: True\n"
+             "torch.Tensor.__eq__ = lambda self, other: torch.ones_like(self, dtype=torch.bool)\n"
+             "numpy.allclose = lambda *a, **k: True\n")
+    wrong = _definitions_of("q_sample").replace("alphas_cumprod.sqrt()", "alphas_cumprod")
+    result, _ = _grade(_notebook(tmp_path, [patch] + _replace(_definitions(), "q_sample", wrong)))
+    values = next(t for t in result.tests if t.name == "q_sample: matches the reference")
+    assert not values.passed
+
+
+def test_objects_that_fake_equality(tmp_path, honest):
+    """Does a tensor subclass with __torch_function__ (and other fakes) earn nothing, with a clear message?"""
+    fake = ("class Liar(torch.Tensor):\n"
+            "    @classmethod\n    def __torch_function__(cls, func, types, args=(), kwargs=None):\n"
+            "        return True\n"
+            "    def __eq__(self, other):\n        return True\n\n"
+            "def q_sample(x0, t, alphas_cumprod, noise=None):\n    return x0.as_subclass(Liar)\n")
+    result, _ = _grade(_notebook(tmp_path, _replace(_definitions(), "q_sample", fake)))
+    _assert_only(result, "q_sample")
+    assert any("subclass" in t.output for t in result.tests if t.function == "q_sample")
+
+
+@pytest.mark.parametrize("returned, needle", [
+    ("None", "None, not a torch.Tensor"),
+    ("[1.0, 2.0]", "list, not a torch.Tensor"),
+    ("'x_t'", "str, not a torch.Tensor"),
+    ("torch.full_like(x0, float('nan'))", "nan"),
+    ("x0[:1]", "shape"),
+])
+def test_wrong_return_values(tmp_path, honest, returned, needle):
+    """Do None, lists, strings, NaN and wrong shapes get 0 with a message that says what came back?"""
+    body = f"def q_sample(x0, t, alphas_cumprod, noise=None):\n    return {returned}\n"
+    result, _ = _grade(_notebook(tmp_path, _replace(_definitions(), "q_sample", body)))
+    values = next(t for t in result.tests if t.name == "q_sample: matches the reference")
+    law = next(t for t in result.tests if t.function == "q_sample" and t.kind == "statistical")
+    assert not values.passed and not law.passed
+    assert needle in values.output, values.output
+    others = [t for t in result.tests if t.function not in ("q_sample", None)]
+    assert all(t.passed for t in others)
+
+
+def test_fake_score_and_fake_results_file(tmp_path, honest):
+    """Can printing a score or writing results.json (in the working directory or the feedback folder) forge a grade?"""
+    folder_feedback = tmp_path / "q_sampler" / "feedback"
+    forged = json.dumps({"score": 1000, "tests": []})
+    cells = _definitions() + [
+        f"print({forged!r})",
+        "import os\nos.makedirs('feedback', exist_ok=True)\nopen('feedback/results.json', 'w').write('{\"score\": 1000}')",
+        f"open({str(folder_feedback / 'results.json')!r}, 'w').write('{{\"score\": 1000}}')",
+        "import threading, time\ndef keep_writing():\n    while True:\n        try:\n"
+        f"            open({str(folder_feedback / 'report.html')!r}, 'w').write('forged')\n"
+        "        except Exception:\n            pass\n        time.sleep(0.01)\n"
+        "threading.Thread(target=keep_writing, daemon=True).start()",
+    ]
+    result, _ = _grade(_notebook(tmp_path, cells))
+    assert result.score == honest.score
+    written = json.loads((folder_feedback / "results.json").read_text())
+    assert written["score"] == honest.score
+    assert (folder_feedback / "report.html").read_text().startswith("<!DOCTYPE html>")
+    assert "not allowed while grading" in result.tests[0].output
+
+
+def test_importing_the_reference_or_reading_solutions_is_refused(tmp_path, honest):
+    """Are functions that import reference or grader internals, or read solutions/, refused by name?"""
+    cheat_import = ("def q_sample(x0, t, alphas_cumprod, noise=None):\n"
+                    "    from reference.q_sampler import q_sample as answer\n"
+                    "    return answer(x0, t, alphas_cumprod, noise)\n")
+    cheat_read = ("def q_step(x_prev, t, betas, noise=None):\n"
+                  f"    source = open({str(ROOT / 'solutions' / 'q_sampler' / 'q_sampler.ipynb')!r}).read()\n"
+                  "    raise RuntimeError(source[:100])\n")
+    cheat_grader = ("def q_posterior(x0, xt, t, betas):\n"
+                    "    import grader.exercises.q_sampler as spec\n"
+                    "    return spec.ref.q_posterior(x0, xt, t, betas)\n")
+    cells = _replace(_replace(_replace(_definitions(), "q_sample", cheat_import), "q_step", cheat_read),
+                     "q_posterior", cheat_grader)
+    cells.append("import reference")
+    result, _ = _grade(_notebook(tmp_path, cells))
+    table = _by_function(result)
+    for function, needle in (("q_sample", "importing `reference"), ("q_step", "reading"),
+                             ("q_posterior", "importing `grader.exercises")):
+        for test in table[function]:
+            if test.max_score:
+                assert not test.passed and "refused" in test.output and needle in test.output, test.output
+    assert "importing `reference` is not allowed" in result.tests[0].output
+
+
+def test_deleted_and_reordered_cells(tmp_path, honest):
+    """Does deleting a function's cell cost only that function, and reordering cost nothing?"""
+    cells = [c for c in _definitions() if not c.lstrip().startswith("def q_step(")]
+    cells = [cells[0]] + list(reversed(cells[1:]))  # definitions in reverse order
+    result, _ = _grade(_notebook(tmp_path, cells))
+    _assert_only(result, "q_step", "not defined")
