@@ -24,6 +24,7 @@ class Graded:
     passed: bool
     points: float
     output: str
+    details: dict
 
 
 def grade_namespace(exercise: str, namespace: dict, seed: int = 0, functions: set[str] | None = None,
@@ -32,5 +33,5 @@ def grade_namespace(exercise: str, namespace: dict, seed: int = 0, functions: se
     ex = load_exercise(exercise)
     checks = tuple(c for c in ex.checks if functions is None or c.function in functions)
     ctx = Context(InProcessRunner(dict(namespace)), torch.device(device), seed, ex.name)
-    return [Graded(spec.name, check.function, verdict.passed, spec.points, verdict.output)
+    return [Graded(spec.name, check.function, verdict.passed, spec.points, verdict.output, verdict.details)
             for check, spec, verdict in run_checks(checks, ctx)]
