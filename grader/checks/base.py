@@ -76,10 +76,7 @@ class Outcome:
     def from_wire(cls, raw: dict) -> "Outcome":
         keep = {k: raw[k] for k in ("status", "value", "message", "error_type", "traceback",
                                      "model_calls", "refusals") if k in raw}
-        outcome = cls(**keep)
-        if outcome.status == "error" and _is_memory_error(outcome):
-            outcome.status = "memory"
-        return outcome
+        return cls(**keep)
 
     @property
     def ok(self) -> bool:
@@ -100,7 +97,7 @@ class Outcome:
         if self.status == "error":
             return f"{function} raised {self.message}"
         if self.status == "memory":
-            return f"{function} ran out of memory: {self.message}"
+            return f"{function} {self.message}"
         if self.status == "timeout":
             return f"{function} {self.message}"
         if self.status == "crashed":
@@ -108,10 +105,6 @@ class Outcome:
         if self.status == "skipped":
             return f"{function} was {self.message}"
         return f"{function}: {self.status} {self.message}".strip()
-
-
-def _is_memory_error(outcome: Outcome) -> bool:
-    return outcome.error_type == "MemoryError" or "allocate memory" in outcome.message or "out of memory" in outcome.message
 
 
 class Runner(Protocol):

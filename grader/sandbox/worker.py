@@ -71,6 +71,17 @@ def _student_traceback(exc: BaseException) -> str:
     return "".join(lines)[-_MAX_MESSAGE:]
 
 
+def _out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, MemoryError) or "allocate memory" in str(exc) or "out of memory" in str(exc)
+
+
+def _memory_message() -> str:
+    limit = os.environ.get("GRADER_MEMORY_LIMIT")
+    if limit and limit.isdigit():
+        return f"exceeded the {int(limit) / 1024**3:g} GiB memory limit"
+    return "ran out of memory"
+
+
 def _on_alarm(signum, frame):
     raise CallTimeout()
 
@@ -113,12 +124,16 @@ def _run_one(call: dict, namespace: dict, seed: int, timeout: float | None) -> d
         outcome = {"status": "timeout", "message": f"timed out after {timeout:g} s"}
     except BaseException as exc:  # noqa: BLE001 -- everything a submission raises is an outcome
         message = f"{type(exc).__name__}: {exc}"[:_MAX_MESSAGE]
-        outcome = {
-            "status": "error",
-            "error_type": type(exc).__name__,
-            "message": message,
-            "traceback": _student_traceback(exc),
-        }
+        if _out_of_memory(exc):
+            outcome = {"status": "memory", "message": _memory_message(), "error_type": type(exc).__name__,
+                       "traceback": _student_traceback(exc)}
+        else:
+            outcome = {
+                "status": "error",
+                "error_type": type(exc).__name__,
+                "message": message,
+                "traceback": _student_traceback(exc),
+            }
     outcome["model_calls"] = [log.calls for log in logs]
     outcome["refusals"] = list(guard.refusals)
     return outcome
