@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import re
 import shutil
@@ -42,6 +43,12 @@ __all__ = ["CellRun", "KernelError", "Limits", "SandboxKernel"]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 GiB = 1024**3
+
+#: nbclient and jupyter_client log timeouts and restarts as errors on stderr; the grader
+#: reports them itself, in the feedback, so their logs go nowhere.
+_QUIET = logging.getLogger("grader.sandbox.kernel.jupyter")
+_QUIET.addHandler(logging.NullHandler())
+_QUIET.propagate = False
 
 
 @dataclass(frozen=True)
@@ -189,7 +196,7 @@ class SandboxKernel:
         procs.become_subreaper()
         self._known_children = procs.children(os.getpid())
         # IPC sockets in the private folder: no TCP port for other local users to reach.
-        self.km = AsyncKernelManager(transport="ipc", ip=str(self._private / "kernel"))
+        self.km = AsyncKernelManager(transport="ipc", ip=str(self._private / "kernel"), log=_QUIET)
         self.km._kernel_spec = self._kernel_spec()
         nb = nbformat.v4.new_notebook()
         self.client = _CappedClient(
@@ -204,6 +211,7 @@ class SandboxKernel:
             shutdown_kernel="immediate",
             iopub_timeout=5,
             record_timing=False,
+            log=_QUIET,
         )
         self.client.output_limit = self.limits.output_bytes
         try:
