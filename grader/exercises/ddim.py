@@ -75,7 +75,9 @@ SPACINGS = ("leading", "trailing", "linspace")
 #: u/(1 − ᾱ) relative (u = 6e-8), up to 1.5e-3 at t = 0 of the cosine schedule when
 #: a float64 schedule is cast to float32 before 1 − ᾱ is formed (the same loss as
 #: SCHEDULE_TOLERANCE), and every other operation adds a few u: 3e-3·M keeps a 2x
-#: margin. In float64 the same analysis gives ~1e-12·M; 1e-9·M leaves 1000x. Along
+#: margin (measured: correct float32 steps, samplers and inversions, one that casts the
+#: schedule first included, stay below 3e-5·M). In float64 the same analysis gives
+#: ~1e-12·M; 1e-9·M leaves 1000x. Along
 #: a chain the bound is carried through the later steps' slopes (:func:`chain_size`).
 #: Hypothesis draws float64 cases and every boundary example is run in float64 too,
 #: so a wrong coefficient (≥ 1e-4 relative) is caught at full precision.
@@ -516,7 +518,7 @@ def _chain_examples() -> tuple:
         for kind in ("linear", "cosine") for dtype in ("float64", "float32")
         for n, s in ((10, "leading"), (3, "trailing"), (1, "trailing"))
     ]
-    # Gaps that are not T // num_steps: linspace 0, 4, 9 and trailing 9, 6, 4, 1 (T = 10); every step (T = 10).
+    # Gaps that are not T // num_steps: linspace 9, 4, 0 and trailing 9, 7, 4, 1 (T = 10); every step (T = 10).
     cases += [{**base, "T": 10, "num_steps": n, "spacing": s, "schedule": "linear", "dtype": "float64"}
               for n, s in ((3, "linspace"), (4, "trailing"), (10, "leading"))]
     return tuple(cases)
@@ -923,9 +925,12 @@ def single_transition_law(ctx: Context, alpha: float) -> StatReport:
     noise (uniform, shared, reused) shows at full strength. Called with η = 0.5 and η = 1.
 
     Power (65,536 residuals per call, each test at 1.1e-7: |z| ≤ 5.3, mean square within
-    1 ± 0.029): η² at η = ½ halves σ, a mean square of 0.25; √(1 − ᾱ_prev)·ε without −σ²
-    moves the mean of every coordinate by ≳ 0.1 standard deviations (z ≳ 25); shared
-    noise makes the correlations ≈ 1 (z ≈ 256). Each is caught on every seed.
+    [0.971, 1.030], whose own standard error is √(2/n) ≈ 0.0055), measured on the bug
+    catalogue: η² at η = ½ gives a mean square of 0.29; the direction √(1 − ᾱ_prev)·ε
+    without −σ² 1.08 at η = ½ (9 standard errors beyond the bound) and 1.95 at η = 1;
+    uniform noise a mean z of 128; noise shared by the batch a batch correlation z of 250.
+    Each is far enough beyond its threshold to be caught on every seed (a miss needs a
+    ≥ 8-standard-error fluctuation, probability < 1e-15).
     """
     g = ctx.generator("ddim single transition law")
     ac = _law_schedule()
@@ -959,9 +964,11 @@ def sample_law(ctx: Context, alpha: float) -> StatReport:
     add noise (the last, 0 → data, does not). The exact law of the output is N(m, v) per
     coordinate (reference.laws.ddim_sample_law); two calls with different generator seeds.
 
-    Power (as in :func:`single_transition_law`): noise reused for every step and a start
-    drawn uniform or in the wrong shape change the mean square or the means of the
-    residuals far beyond the thresholds on every seed (measured by the bug catalogue).
+    Power (thresholds as in :func:`single_transition_law`), measured on the bug catalogue:
+    one noise reused for every step gives a mean square of 1.53; uniform noise a mean z of
+    158; noise shared by the batch a batch correlation z of 326; a sampler that ignores the
+    generator (global noise of the wrong shape) 212; the direction without −σ² a mean square
+    of 4.3. All are caught on every seed.
     """
     ac = _law_schedule()
     data = GaussianData(LAW_MEAN, LAW_VAR)
