@@ -53,8 +53,8 @@ def test_law_statistics_of_correct_samplers_follow_their_null_distributions():
     statistics are exact (Σr/√n, Σr², Σz_d² of i.i.d. N(0, 1) residuals); the correlation
     statistic Σ r·s/√n is a sum of 65,536 i.i.d. products of variance 1, normal to within
     the Berry–Esseen bound 0.48·E|rs|³/√n = 0.48·(8/π)/256 ≈ 5e-3 in the CDF (and, being
-    symmetric, much closer in fact), below what a KS test on 6,000 values can see (its
-    critical distance at 1e-3 is ≈ 0.025).
+    symmetric, much closer in fact), below what a KS test on 4,800 values can see (its
+    critical distance at 1e-3 is ≈ 0.028).
     """
     statistics = _law_statistics(catalogue.CORRECT, range(CALIBRATION_SEEDS))
     noise_first = {**catalogue.CORRECT, "ddim_sample": catalogue.sample_noise_first}
