@@ -243,6 +243,12 @@ def _linspace_to_T(T, num_steps, spacing):
     return torch.from_numpy(np.linspace(0, T, num_steps).round().astype(np.int64)[::-1].copy())
 
 
+def _trailing_overshoot(T, num_steps, spacing):
+    import numpy as np
+
+    return torch.from_numpy(np.round(np.arange(T, 0, -T / num_steps)).astype(np.int64) - 1)
+
+
 def _arange_by_ratio(T, num_steps, spacing):
     return torch.arange(0, T, max(T // num_steps, 1)).flip(0)
 
@@ -259,6 +265,9 @@ TIMESTEP_MISTAKES = (
     ("trailing", _trailing_without_minus_one,
      "your trailing timesteps are one too large: round(arange(T, 0, −T/num_steps)) − 1, the −1 makes T − 1 the first"),
     ("linspace", _linspace_to_T, "linspace runs from 0 to T − 1, the last valid timestep, not to T"),
+    ("trailing", _trailing_overshoot,
+     "arange(T, 0, −T/num_steps) with a float step can overshoot by one entry through round-off (diffusers then "
+     "ends with a spurious −1); keep the first num_steps entries"),
 )
 
 

@@ -48,6 +48,12 @@ def timesteps_trailing_no_minus_one(T, num_steps, spacing="leading"):
     return ref.ddim_timesteps(T, num_steps, spacing)
 
 
+def timesteps_trailing_overshoot(T, num_steps, spacing="leading"):
+    if spacing == "trailing":  # diffusers' formula, not cut to num_steps: a spurious −1 for e.g. T = 17, 7 steps
+        return torch.from_numpy((np.round(np.arange(T, 0, -T / num_steps)) - 1).astype(np.int64))
+    return ref.ddim_timesteps(T, num_steps, spacing)
+
+
 def timesteps_linspace_to_T(T, num_steps, spacing="leading"):
     if spacing == "linspace":
         return torch.from_numpy(np.linspace(0, T, num_steps).round().astype(np.int64)[::-1].copy())
@@ -263,6 +269,8 @@ BUGS = [
     Bug("leading timesteps off by one", "ddim_timesteps", timesteps_leading_offset, "arange(n)·(T//n) + 1"),
     Bug("trailing timesteps without the −1", "ddim_timesteps", timesteps_trailing_no_minus_one,
         "round(arange(T, 0, −T/n)), starting at T"),
+    Bug("trailing timesteps overshoot", "ddim_timesteps", timesteps_trailing_overshoot,
+        "np.arange(T, 0, −T/n) has n + 1 entries for some (T, n) through round-off"),
     Bug("linspace timesteps up to T", "ddim_timesteps", timesteps_linspace_to_T, "linspace(0, T, n)"),
     Bug("timesteps ascending", "ddim_timesteps", timesteps_ascending, "forgot to reverse"),
     Bug("leading timesteps by arange with a step", "ddim_timesteps", timesteps_arange_step,
