@@ -847,6 +847,25 @@ def _recover_corrector(x: torch.Tensor, x_next: torch.Tensor, score: torch.Tenso
 FINAL_TOLERANCE = STEP_TOLERANCE
 
 
+def _final_step_hint(got: torch.Tensor, last: torch.Tensor, score_last: torch.Tensor, sigma_last: float,
+                     expected: torch.Tensor) -> str:
+    """Name the mistake when pc_sample's result is a corrector's x_mean or a noisy predictor step."""
+    if tuple(got.shape) != tuple(last.shape) or not bool(torch.isfinite(got).all()):
+        return ""
+    got = got.detach().to("cpu", F64)
+    move = got - last
+    step = float((move * score_last).sum() / (score_last**2).sum())
+    off_line = float((move - step * score_last).norm()) / max(float(move.norm()), 1e-300)
+    if step > 0 and off_line < 1e-3 and abs(step - sigma_last**2) > 1e-3 * sigma_last**2:
+        return (f"\nHint: your result is x + ε·s(x, σ_L) with ε = {step:.3g}, not σ_L² = {sigma_last**2:.3g}: "
+                "a corrector step came last. At each level run the corrector steps first, then the predictor.")
+    z = (got - expected) / sigma_last
+    if abs(float(z.mean())) < 0.1 and 0.8 < float(z.var()) < 1.25:
+        return ("\nHint: your result is x_mean plus σ_L·z with z like N(0, 1) noise: the last predictor step "
+                "added noise; return its x_mean.")
+    return ""
+
+
 def pc_transitions(ctx: Context, alpha: float) -> StatReport:
     """pc_sample with 2 corrector steps per level: every transition's noise, recovered exactly, is i.i.d. N(0, 1)."""
     data = _float32_data(torch.linspace(-1.0, 1.0, PC_TRACE_D, dtype=F64).roll(3),
@@ -895,8 +914,9 @@ def pc_transitions(ctx: Context, alpha: float) -> StatReport:
     try:
         compare_values(got, expected_out, FINAL_TOLERANCE, "pc_sample's result")
     except Mismatch as exc:
+        hint = _final_step_hint(got, last, score(last, float(sigmas[-1])), float(sigmas[-1]), expected_out)
         raise Mismatch(f"{exc}\nThe result must be the last predictor's x_mean = x + σ_L²·s(x, σ_L) of the last "
-                       "state x the score was evaluated at: the final step to σ = 0 adds no noise.",
+                       f"state x the score was evaluated at: the final step to σ = 0 adds no noise.{hint}",
                        **exc.details) from None
     corrector = torch.stack([z for z, kind in zip(noises, kinds) if kind == "corrector"])
     predictor = torch.stack([z for z, kind in zip(noises, kinds) if kind != "corrector"])
