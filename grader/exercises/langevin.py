@@ -695,6 +695,9 @@ def annealed_law(ctx: Context, alpha: float) -> StatReport:
                                                                score_coef=1.0)),
             ("the noise is α·z instead of √α·z", law_with([ANNEALED_LR * (s / last) ** 2 for s in sigmas],
                                                        noise=lambda a: a)),
+            ("each step is x + ε·s + √(2ε)·z with ε = step_lr·(σ_i/σ_L)², the authors' code's convention: in the "
+             "paper's (this course's), α_i = step_lr·(σ_i/σ_L)² and the step is x + (α_i/2)·s + √α_i·z",
+             law_with([ANNEALED_LR * (s / last) ** 2 for s in sigmas], score_coef=1.0, noise=lambda a: math.sqrt(2 * a))),
             ("the levels run in ascending order", [_affine_chain(start, _annealed_steps(
                 data, sigmas.flip(0), [ANNEALED_LR * (s / last) ** 2 for s in sigmas.flip(0)], ANNEALED_STEPS))]),
         ]
