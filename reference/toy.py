@@ -41,32 +41,11 @@ def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return v.reshape(v.shape[0], *([1] * (like.ndim - 1)))
 
 
-@dataclass(frozen=True)
-class GaussianData:
-    """x₀ ~ N(mean, diag(var)) over a data shape ``D``; ``mean`` and ``var`` have shape ``D``."""
-
-    mean: torch.Tensor
-    var: torch.Tensor
-
-    def sample(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """``(batch, *D)`` draws of x₀."""
-        z = torch.randn((batch, *self.mean.shape), generator=generator, dtype=self.mean.dtype, device=self.mean.device)
-        return self.mean + self.var.sqrt() * z
-
-    def noised(self, a: torch.Tensor, n: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean and variance of x = a·x₀ + √n·z, broadcast like ``like`` ``(B, *D)``."""
-        a, n = _per_sample(a, like), _per_sample(n, like)
-        return a * self.mean, a**2 * self.var + n
+class _Predictors:
+    """The optimal predictors every toy problem derives from its exact ``score(x, a, n)``."""
 
     def score(self, x: torch.Tensor, a: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        """∇ log p(x) of the noised marginal: −(x − a·μ) / (a²·s² + n)."""
-        m, v = self.noised(a, n, x)
-        return -(x - m) / v
-
-    def denoise(self, x: torch.Tensor, a: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        """E[x₀ | x] = μ + a·s²·(x − a·μ) / (a²·s² + n)."""
-        m, v = self.noised(a, n, x)
-        return self.mean + _per_sample(a, x) * self.var * (x - m) / v
+        raise NotImplementedError
 
     def eps(self, x: torch.Tensor, a: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
         """E[z | x] = −√n · score, the optimal ε-prediction."""
@@ -92,7 +71,35 @@ class GaussianData:
 
 
 @dataclass(frozen=True)
-class GaussianMixture:
+class GaussianData(_Predictors):
+    """x₀ ~ N(mean, diag(var)) over a data shape ``D``; ``mean`` and ``var`` have shape ``D``."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+
+    def sample(self, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``(batch, *D)`` draws of x₀."""
+        z = torch.randn((batch, *self.mean.shape), generator=generator, dtype=self.mean.dtype, device=self.mean.device)
+        return self.mean + self.var.sqrt() * z
+
+    def noised(self, a: torch.Tensor, n: torch.Tensor, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean and variance of x = a·x₀ + √n·z, broadcast like ``like`` ``(B, *D)``."""
+        a, n = _per_sample(a, like), _per_sample(n, like)
+        return a * self.mean, a**2 * self.var + n
+
+    def score(self, x: torch.Tensor, a: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """∇ log p(x) of the noised marginal: −(x − a·μ) / (a²·s² + n)."""
+        m, v = self.noised(a, n, x)
+        return -(x - m) / v
+
+    def denoise(self, x: torch.Tensor, a: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        """E[x₀ | x] = μ + a·s²·(x − a·μ) / (a²·s² + n)."""
+        m, v = self.noised(a, n, x)
+        return self.mean + _per_sample(a, x) * self.var * (x - m) / v
+
+
+@dataclass(frozen=True)
+class GaussianMixture(_Predictors):
     """x₀ ~ Σ_k π_k N(means[k], diag(vars[k])); ``weights`` ``(K,)``, ``means``/``vars`` ``(K, *D)``."""
 
     weights: torch.Tensor
@@ -133,24 +140,3 @@ class GaussianMixture:
         a = _per_sample(a, x).unsqueeze(0)
         return (r * (self.means.unsqueeze(1) + a * self.vars.unsqueeze(1) * (x.unsqueeze(0) - m) / v)).sum(0)
 
-    def eps(self, x: torch.Tensor, a: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
-        """E[z | x] = −√n · score."""
-        return -_per_sample(n, x).sqrt() * self.score(x, a, n)
-
-    def eps_model(self, alphas_cumprod: torch.Tensor):
-        """The optimal VP ε-model ``eps_model(x, t)``."""
-
-        def eps_model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-            a, n = vp_coefficients(t, alphas_cumprod)
-            return self.eps(x, a, n)
-
-        return eps_model
-
-    def score_fn(self):
-        """The exact VE score ``score_fn(x, sigma)``."""
-
-        def score_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
-            sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
-            return self.score(x, torch.ones_like(sigma), sigma**2)
-
-        return score_fn
