@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 from hypothesis import strategies as st
-from scipy import optimize
+from scipy import optimize, special
 
 from grader.checks import (
     Agreement,
@@ -831,23 +831,19 @@ def chernoff_deviation(law: ElboLaw, counts: torch.Tensor, level: float, upper: 
     return optimize.brentq(lambda a: rate(a) - target, 1e-300, high, xtol=1e-14, rtol=1e-10)
 
 
-def chernoff_p(law: ElboLaw, counts: torch.Tensor, deviation: float) -> float:
-    """A bound on P(|X̄ − E X̄| ≥ |deviation|) in the direction of ``deviation`` (≤ 1; 0 when not finite)."""
+def normal_p(law: ElboLaw, counts: torch.Tensor, deviation: float, two_sided: bool = True) -> float:
+    """The p-value shown beside a law check: the normal approximation of X̄ − E X̄ with the exact variance.
+
+    The verdict does not use it (the thresholds are Chernoff bounds); it is the p-value whose
+    uniformity over seeds the calibration measures. X̄ is a mean of N ≥ 1000 independent
+    estimates, so its skewness is that of one estimate divided by √N (≲ 0.05 here).
+    """
     if not math.isfinite(deviation):
         return 0.0
-    if deviation == 0:
-        return 1.0
     counts = counts.to(torch.float64)
-    N = float(counts.sum())
-    mu = float((counts * law.expectation()).sum())
-    sign = 1.0 if deviation > 0 else -1.0
-    sd = float((counts * law.variance()).sum().sqrt())
-    lam_high = min(law.lam_max, 60.0 / sd) if sign > 0 else 60.0 / sd
-    result = optimize.minimize_scalar(
-        lambda u: -(u * lam_high * abs(deviation) * N
-                    - (float((counts * law.cgf(sign * u * lam_high)).sum()) - sign * u * lam_high * mu)),
-        bounds=(0.0, 1.0), method="bounded", options={"xatol": 1e-9})
-    return min(1.0, math.exp(min(0.0, result.fun)))
+    se = float((counts * law.variance()).sum().sqrt() / counts.sum())
+    z = deviation / se
+    return float(2 * special.ndtr(-abs(z))) if two_sided else float(special.ndtr(z))
 
 
 def exact_nll_bpd(law: ElboLaw) -> torch.Tensor:
@@ -899,12 +895,14 @@ MEAN_DERIVATION = (
     "(Gaussian data, optimal ε-model: each KL term is a scaled noncentral χ²₁, the decoder term a 1-D Gauss–Hermite "
     "integral), over the mean of all estimates; the test passes if the mean lies within the bounds for the "
     "erf-CDF decoder or within those for the tanh-CDF decoder, so either correct implementation fails with "
-    "probability ≤ 1e-6"
+    "probability ≤ 1e-6. The p-value shown is the normal approximation with the exact variance"
 )
 BOUND_DERIVATION = (
-    "for a correct implementation E[elbo_bpd] ≥ −log p_θ(x₀)/(D ln 2) (the ELBO is a bound); the test fails only if "
-    "the mean of the estimates falls more than the one-sided Chernoff threshold at 1e-6 below its expectation "
-    "(exact moment generating function, as in the mean check), for the decoder CDF that the implementation uses"
+    "for a correct implementation E[elbo_bpd] ≥ −log p_θ(x₀)/(D ln 2) (the ELBO is a bound), so the test (the mean "
+    "of the estimates at least −log p_θ(x₀)/(D ln 2) minus the one-sided Chernoff threshold at 1e-6, exact moment "
+    "generating function as in the mean check) fails only if the mean falls more than that threshold below its "
+    "expectation; the bound is computed for the decoder CDF that the implementation uses (erf or tanh). The "
+    "p-value shown is the one-sided normal approximation of the mean's deviation from its expectation"
 )
 
 
@@ -922,9 +920,14 @@ def _law_setup(ctx: Context, tag: str, betas: torch.Tensor, dims: int, rows: int
     else:
         mean = 0.8 * (2 * torch.rand(dims, generator=g, dtype=torch.float64) - 1)
         var = torch.exp(math.log(0.01) + (math.log(0.25) - math.log(0.01)) * torch.rand(dims, generator=g, dtype=torch.float64))
+        # Two broad coordinates centred near 0, where −1 and +1 are plausible (2σ) values: rows 1 and 2 take
+        # them there, so the decoder meets its open-ended edge bins. (An edge forced onto narrow data far from
+        # its mean would put the decoder at its 1e-12 floor for most draws: a kink in the middle of the
+        # decoder's Gauss–Hermite integral.)
+        mean[:2], var[:2] = 0.1 * mean[:2], 0.25
         x0 = mean + var.sqrt() * torch.randn(rows, dims, generator=g, dtype=torch.float64)
         x0 = GRID[((x0.clamp(-1, 1) + 1) * 127.5).round().long()]
-        x0[1, :2], x0[2, :2] = -1.0, 1.0  # open-ended edge bins in the decoder term
+        x0[1, :2], x0[2, :2] = -1.0, 1.0
     model = model_spec("gaussian_eps", mean=mean.to(ctx.device), var=var.to(ctx.device),
                        alphas_cumprod=compute_alphas_cumprod(betas).to(ctx.device))
     return mean, var, x0, model
@@ -961,12 +964,13 @@ def elbo_mean_law(ctx: Context, alpha: float) -> StatReport:
     chosen = next((c for c in candidates if c[3] <= c[5] <= c[4]), candidates[0])
     cdf, law, expected, low, high, deviation = chosen
     statistic = Statistic(
-        f"mean of the estimates − exact E[elbo_bpd] ({cdf} CDF), bits/dim", deviation, low, high,
-        chernoff_p(law, counts, deviation), alpha, int(counts.sum()), MEAN_DERIVATION)
+        "mean of the estimates − exact E[elbo_bpd], bits/dim", deviation, low, high,
+        normal_p(law, counts, deviation), alpha, int(counts.sum()), MEAN_DERIVATION)
     residuals = (estimates - law.expectation()[:, None]) / law.variance().sqrt()[:, None]
     return StatReport([statistic], residuals, inputs,
-                      note=f"exact E[elbo_bpd] per row: {[round(v, 5) for v in law.expectation().tolist()]} bits/dim; "
-                           f"your means per row: {[round(v, 5) for v in estimates.mean(1).tolist()]}.")
+                      note=f"exact E[elbo_bpd] per row ({cdf} CDF in the decoder): "
+                           f"{[round(v, 5) for v in law.expectation().tolist()]} bits/dim; your means per row: "
+                           f"{[round(v, 5) for v in estimates.mean(1).tolist()]}.")
 
 
 def elbo_bound_law(ctx: Context, alpha: float) -> StatReport:
@@ -981,19 +985,22 @@ def elbo_bound_law(ctx: Context, alpha: float) -> StatReport:
     candidates = []
     for cdf in DECODERS:
         law = ElboLaw(mean, var, x0, BOUND_BETAS, cdf)
-        nll = float(exact_nll_bpd(law)[0])
-        low = -chernoff_deviation(law, counts, alpha, upper=False)
-        candidates.append((cdf, law, nll, low, observed - nll))
-    chosen = next((c for c in candidates if c[4] >= c[3]), candidates[0])
-    cdf, law, nll, low, margin = chosen
+        expected, nll = float(law.expectation()[0]), float(exact_nll_bpd(law)[0])
+        # The test is observed ≥ nll − threshold, written as a deviation from the expectation so that
+        # its p-value is uniform for a correct implementation.
+        low = (nll - expected) - chernoff_deviation(law, counts, alpha, upper=False)
+        candidates.append((cdf, law, expected, nll, low, observed - expected))
+    chosen = next((c for c in candidates if c[5] >= c[4]), candidates[0])
+    cdf, law, expected, nll, low, deviation = chosen
     statistic = Statistic(
-        f"mean of the estimates − exact −log p_θ(x₀)/(D ln 2) ({cdf} CDF), bits/dim", margin, low, math.inf,
-        chernoff_p(law, counts, min(margin, 0.0)) if margin < 0 else 1.0, alpha, int(counts.sum()), BOUND_DERIVATION)
+        "mean of the estimates − exact E[elbo_bpd], bits/dim (lower limit: −log p_θ(x₀)/(D ln 2) − E[elbo_bpd] "
+        "− threshold)", deviation, low, math.inf, normal_p(law, counts, deviation, two_sided=False), alpha,
+        int(counts.sum()), BOUND_DERIVATION)
     residuals = (estimates - law.expectation()[:, None]) / law.variance().sqrt()[:, None]
     return StatReport([statistic], residuals, inputs,
-                      note=f"exact −log p_θ(x₀) = {nll:.6f} bits/dim, exact E[elbo_bpd] = {float(law.expectation()[0]):.6f}, "
-                           f"your mean {observed:.6f}. An ELBO below the likelihood is not a bound: a term is missing "
-                           "or has the wrong sign.")
+                      note=f"exact −log p_θ(x₀)/(D ln 2) = {nll:.6f} bits/dim and E[elbo_bpd] = {expected:.6f} "
+                           f"({cdf} CDF in the decoder); your mean {observed:.6f}. An ELBO below the likelihood is "
+                           "not a bound: a term is missing or has the wrong sign.")
 
 
 # -- the exercise ------------------------------------------------------------------------------
