@@ -38,18 +38,14 @@ from grader.checks import (
 from grader.checks.base import describe_value, format_tensor
 from grader.exercises import Exercise
 from grader.exercises._common import (
-    DTYPES,
     SCHEDULE_TOLERANCE,
     boundary_cases,
     case_tensors,
     diffusion_cases,
-    gaussian,
-    schedule_betas,
     schedule_note,
 )
 from reference import parametrization as ref
 from reference._broadcast import extract
-from reference.q_sampler import compute_alphas_cumprod
 from reference.toy import GaussianData, vp_coefficients
 
 #: Relative to the terms Σᵢ|cᵢ·yᵢ| (see the module docstring). float32: the coefficients may be computed
