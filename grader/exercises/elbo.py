@@ -12,10 +12,9 @@ Statistical checks (2), each at level 1e-6, so the submission's false-failure pr
 2e-6 (Bonferroni). elbo_bpd draws its own noise in its own order, so its value is compared, not with the
 reference's value, but with the exact law of a one-sample ELBO estimate (T independent draws, in any
 order) for Gaussian data and its optimal ε-model (:class:`ElboLaw`): every KL term is then a scaled
-noncentral χ²₁ variable and the
-decoder term a smooth function of one Gaussian draw, so the estimate's moment generating function is
-known and Chernoff bounds give thresholds at a guaranteed level (derivations at :data:`MEAN_DERIVATION`
-and :data:`BOUND_DERIVATION`).
+noncentral χ²₁ variable and the decoder term a smooth function of one Gaussian draw, so the estimate's
+moment generating function is known and Chernoff bounds give thresholds at a guaranteed level
+(derivations at :data:`MEAN_DERIVATION` and :data:`BOUND_DERIVATION`).
 """
 
 from __future__ import annotations
