@@ -51,15 +51,14 @@ def _command(path: Path, out: Path, options: SubmitOptions, exercise: str | None
     command = [sys.executable, "-m", "grader", "submit", str(path), "--out", str(out), "--json",
                "--seed", str(options.seed), "--device", options.device, "--timeout", str(options.timeout),
                "--cell-timeout", str(limits.cell_timeout), "--call-timeout", str(limits.call_timeout),
-               "--memory-limit", str(limits.memory_bytes)]
+               "--memory-limit", str(limits.memory_bytes), "--threads", str(limits.threads or 1)]
     if exercise:
         command += ["--exercise", exercise]
     return command
 
 
-def _grade_one(student: str, path: Path, out: Path, options: SubmitOptions, exercise: str | None,
-               threads: int) -> Row:
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+def _grade_one(student: str, path: Path, out: Path, options: SubmitOptions, exercise: str | None) -> Row:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the grader's own process: small tensors
     try:
         done = subprocess.run(_command(path, out / student, options, exercise), capture_output=True,
                               text=True, env=env, timeout=options.timeout + 120)
@@ -103,11 +102,9 @@ def grade_batch(submissions: Path, out: Path | None, *, jobs: int | None, exerci
     entries = _entries(submissions)
     out = out or submissions.resolve().parent / "gradebook"
     out.mkdir(parents=True, exist_ok=True)
-    cores = os.cpu_count() or 2
-    jobs = max(1, jobs or cores // 2)
-    threads = max(1, cores // jobs)
+    jobs = max(1, jobs or (os.cpu_count() or 2) // 2)
     with ThreadPoolExecutor(max_workers=jobs) as pool:
-        rows = list(pool.map(lambda e: _grade_one(e[0], e[1], out, options, exercise, threads), entries))
+        rows = list(pool.map(lambda e: _grade_one(e[0], e[1], out, options, exercise), entries))
     _write_gradebook(rows, out / "gradebook.csv")
     for row in rows:
         score = f"{row.results['score']:g}/{row.results['extra_data']['max_score']:g}" if row.results else "—"

@@ -53,6 +53,8 @@ def _add_grading_options(p: argparse.ArgumentParser) -> None:
                    help="time one call of a graded function may run (default 10)")
     p.add_argument("--memory-limit", type=parse_size, default=parse_size("4G"), metavar="SIZE",
                    help="memory the submission may allocate (default 4G)")
+    p.add_argument("--threads", type=int, default=1, metavar="N",
+                   help="torch threads in the submission's kernel (default 1: fast and steady for small tensors)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,7 +96,8 @@ def _options(args: argparse.Namespace, out: Path | None):
     from grader.submit import SubmitOptions
 
     limits = Limits(cell_timeout=args.cell_timeout, call_timeout=args.call_timeout,
-                    memory_bytes=args.memory_limit, batch_timeout=max(120.0, 4 * args.call_timeout))
+                    memory_bytes=args.memory_limit, batch_timeout=max(120.0, 4 * args.call_timeout),
+                    threads=max(1, args.threads))
     return SubmitOptions(seed=args.seed, device=args.device, timeout=args.timeout, limits=limits, out=out,
                          exercise=getattr(args, "exercise", None))
 

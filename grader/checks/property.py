@@ -95,6 +95,7 @@ class Property(Check):
         probe: a harness that drives the function (shipped as source to the student's process).
         public: whether ``check()`` in the notebook runs it.
         diagnoses: known mistakes to name when the first aspect fails.
+        tolerance: how closely a known mistake must reproduce the values to be named.
     """
 
     function: str
@@ -107,6 +108,7 @@ class Property(Check):
     public: bool = True
     diagnoses: tuple[Diagnosis, ...] = ()
     kind: str = "property"
+    tolerance: Tolerance = DEFAULT_TOLERANCE
 
     def tests(self) -> list[TestSpec]:
         return [TestSpec(f"{self.function}: {a.name}", a.points, self.kind) for a in self.aspects]
@@ -206,8 +208,7 @@ class Property(Check):
         """
         answered = [(i, o) for i, o in answered if o.ok]
         for diagnosis in self.diagnoses:
-            tolerance = getattr(self, "tolerance", DEFAULT_TOLERANCE)
-            if answered and all(_matches(diagnosis, inputs, outcome, tolerance) for inputs, outcome in answered):
+            if answered and all(_matches(diagnosis, inputs, outcome, self.tolerance) for inputs, outcome in answered):
                 return diagnosis.message
         return ""
 
