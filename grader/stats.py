@@ -7,6 +7,8 @@ measured, the threshold, the p-value and how the level was derived.
 
 * :func:`mean_z` — pooled z-test of the mean: z = Σr/√n is exactly N(0, 1).
 * :func:`variance_chi2` — Σr² is exactly χ²(n); two-sided.
+* :func:`binomial_band_test` — a count's probability lies within a band [w − δ, w + δ]
+  (e.g. the share of a sampler's output in each mode of a mixture), exact binomial quantiles.
 * :func:`product_z` — Σ r·s/√n for two independent N(0, 1) samples (correlation,
   e.g. between two calls or two batch elements). Not Gaussian in the tails, so the
   threshold comes from the Chernoff bound with the exact moment generating
@@ -21,7 +23,7 @@ from dataclasses import asdict, dataclass
 import torch
 from scipy import optimize, special, stats
 
-__all__ = ["Statistic", "mean_z", "product_z", "variance_chi2"]
+__all__ = ["Statistic", "binomial_band_test", "mean_z", "product_z", "variance_chi2"]
 
 
 @dataclass(frozen=True)
@@ -102,3 +104,23 @@ def product_z(r: torch.Tensor, s: torch.Tensor, alpha: float, name: str = "corre
     return Statistic(name, z, -bound, bound, p, alpha, n,
                      "Chernoff bound with the exact MGF (1 − λ²)^(−1/2) of a product of independent "
                      "N(0, 1) variables; p-value shown is the normal approximation")
+
+
+def binomial_band_test(count: int, n: int, weight: float, delta: float, alpha: float, name: str) -> Statistic:
+    """Two-sided exact binomial test that a count's probability lies within [weight − δ, weight + δ].
+
+    Reject when count < lo, the α/2 quantile of Bin(n, weight − δ), or count > hi, the
+    1 − α/2 quantile of Bin(n, weight + δ). For any p in the band, P(count < lo) ≤ α/2 and
+    P(count > hi) ≤ α/2, since binomial tails are monotone in p: the level holds exactly
+    (conservatively, counts being discrete).
+    """
+    p_low, p_high = max(weight - delta, 0.0), min(weight + delta, 1.0)
+    lo = int(stats.binom.ppf(alpha / 2, n, p_low))  # smallest k with P(N ≤ k) ≥ α/2
+    if stats.binom.cdf(lo - 1, n, p_low) > alpha / 2:  # guard scipy's discrete ppf
+        lo -= 1
+    hi = int(stats.binom.isf(alpha / 2, n, p_high))  # smallest k with P(N > k) ≤ α/2
+    while stats.binom.sf(hi, n, p_high) > alpha / 2:
+        hi += 1
+    p = 2 * min(stats.binom.cdf(count, n, p_low), stats.binom.sf(count - 1, n, p_high))
+    return Statistic(name, float(count), float(lo), float(hi), float(min(1.0, p)), alpha, n,
+                     f"exact binomial quantiles at the band's ends ({p_low:.3g}, {p_high:.3g})")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 import textwrap
@@ -194,6 +195,12 @@ def format_tensor(value: torch.Tensor, precision: int = 6) -> str:
     return text
 
 
+@functools.lru_cache(maxsize=None)
+def probe_source(probe: Callable) -> str:
+    """The source of a probe, read once per process (so a file edited mid-run cannot ship a mismatch)."""
+    return textwrap.dedent(inspect.getsource(probe))
+
+
 @dataclass
 class Context:
     """What a check needs to run: where to call, where tensors live, which seed.
@@ -229,7 +236,7 @@ class Context:
         for item in inputs:
             call = {"function": function, **item.wire()}
             if probe is not None:
-                call["probe"] = textwrap.dedent(inspect.getsource(probe))
+                call["probe"] = probe_source(probe)
                 call["probe_name"] = probe.__name__
             calls.append(call)
         seeds = [self.seed_for("call", function, tag, i) % 2**63 for i in range(len(calls))]

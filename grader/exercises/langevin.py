@@ -53,7 +53,6 @@ from typing import Any, Callable
 
 import torch
 from hypothesis import strategies as st
-from scipy import stats as scipy_stats
 
 from grader.checks import (
     Agreement,
@@ -74,7 +73,7 @@ from grader.checks import (
 from grader.exercises import Exercise
 from grader.exercises._common import DTYPES, data_shapes
 from grader.sandbox.wire import generator_spec, model_spec
-from grader.stats import Statistic, mean_z, product_z, variance_chi2
+from grader.stats import Statistic, binomial_band_test, mean_z, product_z, variance_chi2
 from reference import langevin as ref
 from reference import laws
 from reference.toy import GaussianData, GaussianMixture
@@ -974,26 +973,6 @@ def mode_counts(samples: torch.Tensor, mixture: GaussianMixture) -> torch.Tensor
     """How many samples lie nearest to each component's mean, ``(K,)``."""
     d = ((samples.to(F64)[None] - mixture.means[:, None]) ** 2).sum(-1)  # (K, n)
     return torch.bincount(d.argmin(0), minlength=mixture.means.shape[0])
-
-
-def binomial_band_test(count: int, n: int, weight: float, delta: float, alpha: float, name: str) -> Statistic:
-    """Two-sided exact binomial test that a count's probability lies within [weight − δ, weight + δ].
-
-    Reject when count < lo, the α/2 quantile of Bin(n, weight − δ), or count > hi, the
-    1 − α/2 quantile of Bin(n, weight + δ). For any p in the band, P(count < lo) ≤ α/2 and
-    P(count > hi) ≤ α/2, since binomial tails are monotone in p: the level holds exactly
-    (conservatively, counts being discrete).
-    """
-    p_low, p_high = max(weight - delta, 0.0), min(weight + delta, 1.0)
-    lo = int(scipy_stats.binom.ppf(alpha / 2, n, p_low))  # smallest k with P(N ≤ k) ≥ α/2
-    if scipy_stats.binom.cdf(lo - 1, n, p_low) > alpha / 2:  # guard scipy's discrete ppf
-        lo -= 1
-    hi = int(scipy_stats.binom.isf(alpha / 2, n, p_high))  # smallest k with P(N > k) ≤ α/2
-    while scipy_stats.binom.sf(hi, n, p_high) > alpha / 2:
-        hi += 1
-    p = 2 * min(scipy_stats.binom.cdf(count, n, p_low), scipy_stats.binom.sf(count - 1, n, p_high))
-    return Statistic(name, float(count), float(lo), float(hi), float(min(1.0, p)), alpha, n,
-                     f"exact binomial quantiles at the band's ends ({p_low:.3g}, {p_high:.3g})")
 
 
 def annealed_modes(ctx: Context, alpha: float) -> StatReport:

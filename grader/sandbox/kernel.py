@@ -14,7 +14,6 @@ notebook's definitions again.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import os

@@ -15,6 +15,8 @@ import functools
 import math
 
 import pytest
+
+from grader.stats import binomial_band_test
 import torch
 from scipy import stats
 
@@ -115,7 +117,7 @@ def test_a_corrector_step_of_the_wrong_size_is_not_read_as_a_correct_one():
 def test_binomial_band_test_has_its_level_at_both_ends_of_the_band(weight):
     """At p = weight ± δ, is the exact probability of rejecting at most α/2 on each side (and ≤ α inside)?"""
     n, delta, alpha = ex.MIXTURE_N, ex.MIXTURE_DELTA, ex.LAW_ALPHA / 3
-    statistic = ex.binomial_band_test(int(weight * n), n, weight, delta, alpha, "count")
+    statistic = binomial_band_test(int(weight * n), n, weight, delta, alpha, "count")
     lo, hi = int(statistic.low), int(statistic.high)
     assert stats.binom.cdf(lo - 1, n, weight - delta) <= alpha / 2
     assert stats.binom.sf(hi, n, weight + delta) <= alpha / 2
@@ -123,7 +125,7 @@ def test_binomial_band_test_has_its_level_at_both_ends_of_the_band(weight):
         assert stats.binom.cdf(lo - 1, n, p) + stats.binom.sf(hi, n, p) <= alpha
     # Power: a sampler that ignores the weights (≈ 1/3 per mode) is rejected with certainty.
     if abs(weight - 1 / 3) > 0.2:
-        assert not ex.binomial_band_test(round(n / 3), n, weight, delta, alpha, "count").passed
+        assert not binomial_band_test(round(n / 3), n, weight, delta, alpha, "count").passed
 
 
 @pytest.mark.slow
