@@ -152,6 +152,7 @@ class SandboxKernel:
         self._env = env or {}
         self._state = _State()
         self._batch = 0
+        self._deadline = float("inf")  # the submission's, set by run_notebook and call; bounds restarts too
         self._known_children: set[int] = set()
         self.km: AsyncKernelManager | None = None
         self.client: _CappedClient | None = None
@@ -284,6 +285,10 @@ class SandboxKernel:
         """
         while True:
             self._state.restarts += 1
+            if time.monotonic() >= self._deadline:
+                self._state.broken = "the submission's time budget was spent"
+                self._kill()
+                return
             if self._state.restarts > MAX_RESTARTS:
                 self._state.broken = f"the kernel was restarted {MAX_RESTARTS} times; the grader gave up on it"
                 self._kill()
@@ -298,7 +303,8 @@ class SandboxKernel:
                 return
             try:
                 for index, source in enumerate(list(self._state.replay)):
-                    if run_sync(self._aexecute_source)(source, self.limits.cell_timeout) is None:
+                    budget = min(self.limits.cell_timeout, self._deadline - time.monotonic())
+                    if budget <= 0 or run_sync(self._aexecute_source)(source, budget) is None:
                         raise DeadKernelError("replay timed out")
             except DeadKernelError:
                 del self._state.replay[index]
@@ -310,6 +316,7 @@ class SandboxKernel:
     def run_notebook(self, nb: nbformat.NotebookNode, deadline: float) -> list[CellRun]:
         """Execute every code cell of ``nb`` in place (outputs are stored), in order."""
         assert self.client is not None
+        self._deadline = deadline
         self.client.nb = nb
         runs = []
         count = 0
@@ -393,6 +400,7 @@ class SandboxKernel:
         in flight when the batch overran, ``crashed`` for the call in flight when the
         kernel died, and ``skipped`` for the calls after either.
         """
+        self._deadline = deadline
         self._batch += 1
         n = len(request["calls"])
         if self._state.broken:

@@ -291,3 +291,17 @@ def test_deleted_and_reordered_cells(tmp_path, honest):
     cells = [cells[0]] + list(reversed(cells[1:]))  # definitions in reverse order
     result, _ = _grade(_notebook(tmp_path, cells))
     _assert_only(result, "q_step", "not defined")
+
+
+def test_the_whole_submission_budget_bounds_grading(tmp_path):
+    """Does a notebook of slow cells stop at --timeout, with what was not run saying so?
+
+    The bound: the budget, plus at most one interrupt grace (3 s) and one kernel
+    start; here 12 s of budget, so well under 60 s even on a loaded machine.
+    """
+    cells = _definitions() + ["import time\ntime.sleep(3)"] * 10
+    started = time.monotonic()
+    result, notebook = grade_submission(_notebook(tmp_path, cells), SubmitOptions(timeout=12, limits=LIMITS))
+    assert time.monotonic() - started < 60
+    assert "time budget was spent" in result.tests[0].output
+    assert any("time budget was spent" in t.output for t in result.tests if t.max_score)
