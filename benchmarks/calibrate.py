@@ -149,7 +149,7 @@ def report(rows: list[Row], seeds: int, seconds: float) -> str:
         "# Statistical calibration",
         "",
         f"{seeds} seeds per entry; {time.strftime('%Y-%m-%d')}; {seconds / 60:.1f} min on {os.cpu_count()} CPUs. "
-        "Command: `python benchmarks/calibrate.py --seeds {seeds}`.".replace("{seeds}", str(seeds)),
+        f"Command: `python benchmarks/calibrate.py {' '.join(sys.argv[1:])}`.",
         "",
         "Policy (grading.md): every catalogued bug caught on ≥ 99% of seeds; correct implementations fail a",
         "statistical test with probability ≤ 1e-6 per test and ≤ 1e-4 per submission.",
