@@ -173,7 +173,7 @@ def describe_value(value: Any, max_elements: int = 12) -> str:
         dtype = str(value.dtype).replace("torch.", "")
         where = "" if value.device.type == "cpu" else f" on {value.device}"
         head = f"{dtype} tensor of shape {tuple(value.shape)}{where}"
-        if value.numel() <= max_elements:
+        if value.numel() <= max_elements and value.device.type != "meta":  # a meta tensor has no values
             return f"{head}: {format_tensor(value)}"
         return head
     if isinstance(value, dict) and SPEC in value:

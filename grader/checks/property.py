@@ -10,7 +10,10 @@ How a property check runs:
 4. when some cases pass and some fail, hypothesis shrinks towards the smallest
    failing case, calling the student live (a bounded number of single calls;
    the cases of step 1 are answered from the batch), so that the feedback shows
-   the simplest input that exposes the bug.
+   the simplest input that exposes the bug;
+5. where a test judges the output's device and grading runs on the CPU, the
+   first case is also run on PyTorch's ``meta`` device (:func:`device_leak`),
+   so that code that would fail on a GPU is caught on machines without one.
 
 No statistical test ever runs here: with the noise injected, the student's
 output is a deterministic function of the case.
@@ -18,7 +21,9 @@ output is a deterministic function of the case.
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import re
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -27,9 +32,10 @@ from hypothesis import HealthCheck, Phase, Verbosity, example, given, seed, sett
 from hypothesis import strategies as st
 
 from grader.checks.base import Check, Context, Inputs, Outcome, TestSpec, Verdict
+from grader.sandbox.wire import SPEC
 from grader.checks.compare import DEFAULT_TOLERANCE, Mismatch, Tolerance, as_tensor, as_tuple, compare_values
 
-__all__ = ["Agreement", "Aspect", "Diagnosis", "Property", "draw_cases"]
+__all__ = ["Agreement", "Aspect", "Diagnosis", "Property", "device_leak", "draw_cases"]
 
 #: Live calls hypothesis may make while shrinking one failure (each is one round trip).
 SHRINK_CALLS = 60
@@ -65,12 +71,15 @@ class Aspect:
 
     ``judge(inputs, outcome)`` returns None when the outcome is right, or raises
     :class:`~grader.checks.compare.Mismatch`. It is only called on outcomes with a value.
+    ``device=True`` marks a test of the output's device: where grading runs on the
+    CPU, it also fails when the function would not run on a GPU (:func:`device_leak`).
     """
 
     name: str
     points: float
     judge: Callable[[Inputs, Outcome], None]
     shrink: bool = True
+    device: bool = False
 
 
 @dataclass(frozen=True)
@@ -120,7 +129,13 @@ class Property(Check):
         inputs = [self.build(case, ctx) for case in cases]
         outcomes = ctx.call(self.function, inputs, self.probe, tag=tag)
         cache = {repr(c): (i, o) for c, i, o in zip(cases, inputs, outcomes)}
-        return [self._judge_aspect(aspect, cases, cache, ctx, tag) for aspect in self.aspects]
+        verdicts = [self._judge_aspect(aspect, cases, cache, ctx, tag) for aspect in self.aspects]
+        on_device = [i for i, a in enumerate(self.aspects) if a.device and verdicts[i].passed]
+        if on_device and ctx.device.type == "cpu":
+            leak = device_leak(self, cases[0], ctx, tag)
+            for i in on_device if leak else ():
+                verdicts[i] = leak
+        return verdicts
 
     def _failure(self, aspect: Aspect, inputs: Inputs, outcome: Outcome) -> Mismatch | None:
         if not outcome.ok:
@@ -234,6 +249,58 @@ def _same_failure(a: Outcome, b: Outcome) -> bool:
     ) or (a.not_implemented and b.not_implemented)
 
 
+#: How PyTorch reports tensors on two devices meeting (CUDA and meta alike), or a device tensor sent to numpy.
+_DEVICE_MIXING = re.compile(r"is not on the expected device|Expected all tensors to be on the same device|"
+                            r"can't convert meta device type tensor to numpy")
+META = torch.device("meta")
+
+
+def device_leak(check: Property, case: Any, ctx: Context, tag: str) -> Verdict | None:
+    """Run ``case`` with every input on PyTorch's ``meta`` device; a failed verdict if the code is not device-agnostic.
+
+    A meta tensor has a shape, a dtype and a device but no data, and PyTorch applies
+    CUDA's rules to it: an operation between a meta tensor and a CPU tensor that is
+    not a 0-dim scalar raises, as it would between CUDA and CPU tensors. So a
+    function that builds a tensor on the CPU (``torch.zeros(shape)``, ``torch.arange(T)``
+    without ``device=``), calls ``.numpy()`` on an input, or returns its result on the
+    CPU is caught on a machine without a GPU. Only those are counted: code that needs
+    the data (``.item()``, ``.tolist()``, an ``if`` on a tensor) cannot run on meta
+    but runs on a GPU, so anything else the meta run raises proves nothing and passes.
+    """
+    try:
+        inputs = check.build(case, dataclasses.replace(ctx, device=META))
+    except Exception:  # noqa: BLE001 -- inputs that need data cannot be built on meta: nothing to learn
+        return None
+    if any(isinstance(v, dict) and v.get(SPEC) == "generator" for v in inputs.arguments().values()):
+        return None  # no generator lives on meta
+    outcome = ctx.call(check.function, [inputs], check.probe, tag=f"{tag}:meta")[0]
+    advice = ("Create new tensors on the inputs' device (device=x.device, torch.zeros_like(x), x.new_tensor(...)) "
+              "and keep every step in torch.\nFound by calling it with every input on PyTorch's meta device, which "
+              "checks devices as a GPU does:")
+    call = f"{check.function}(\n{inputs.describe()}\n)"
+    if outcome.status == "error" and _DEVICE_MIXING.search(outcome.message):
+        how = ("it converts a tensor to numpy, which only holds CPU data" if "numpy" in outcome.message
+               else "it mixes a tensor made on the CPU with the inputs' device")
+        return Verdict(False, f"{check.function} would fail on a GPU: {how} ({outcome.message})\n{advice}\n{call}",
+                       {"input": inputs.describe(), "traceback": outcome.traceback})
+    if outcome.ok:
+        stray = sorted({str(t.device) for t in _tensors(outcome.value) if t.device != META})
+        if stray:
+            return Verdict(False, f"{check.function} would return a tensor on the {stray[0]} for inputs on a GPU, "
+                                  f"not on the inputs' device.\n{advice}\n{call}", {"input": inputs.describe()})
+    return None
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _tensors(v)]
+    return []
+
+
 def _expected_dtype(inputs: Inputs, dtype_from: str | torch.dtype) -> torch.dtype:
     if isinstance(dtype_from, torch.dtype):
         return dtype_from
@@ -276,7 +343,7 @@ class Agreement(Property):
         aspects = [Aspect(self.what, self.points, self._judge_values)]
         if self.dtype_points:
             aspects.append(Aspect("output dtype and device follow the input", self.dtype_points,
-                                  self._judge_dtype, shrink=False))
+                                  self._judge_dtype, shrink=False, device=self.device_from is not None))
         object.__setattr__(self, "aspects", tuple(aspects))
 
     def _items(self, value: Any) -> list[tuple[str, Any]]:

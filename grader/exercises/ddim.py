@@ -51,6 +51,7 @@ from grader.exercises._common import (
     DTYPES,
     SCHEDULE_TOLERANCE,
     data_shapes,
+    dtype_device_aspect,
     gaussian,
     horizons,
     schedule_betas,
@@ -190,22 +191,6 @@ def _show(t: torch.Tensor, limit: int = 64) -> str:
     if t.numel() <= limit:
         return format_tensor(t)
     return f"{format_tensor(t.flatten()[:limit])[:-1]}, …] (first {limit} of {t.numel()} entries, flattened)"
-
-
-def judge_dtype_device(dtype_from: str | None, device_from: str | None, what: str = "the result") -> Callable:
-    """An aspect judge: the output has ``dtype_from``'s dtype (None: the default dtype) and ``device_from``'s device."""
-
-    def judge(inputs: Inputs, outcome) -> None:
-        got = as_tensor(outcome.value, what)
-        arguments = inputs.arguments()
-        dtype = arguments[dtype_from].dtype if dtype_from else torch.get_default_dtype()
-        device = arguments[device_from].device if device_from else torch.device("cpu")
-        if got.dtype != dtype:
-            raise Mismatch(f"{what} has dtype {got.dtype}; expected {dtype}, the dtype of {dtype_from}")
-        if got.device.type != device.type:
-            raise Mismatch(f"{what} is on {got.device}; expected {device}, where {device_from} is")
-
-    return judge
 
 
 # -- ddim_timesteps ------------------------------------------------------------------------------
@@ -1025,7 +1010,7 @@ EXERCISE = Exercise(
         DDIMProperty(
             function="ddim_step", cases=step_cases(), build=build_step, examples=STEP_EXAMPLES, max_examples=40,
             aspects=(Aspect("matches the reference (noise injected)", 3, judge_step_values),
-                     Aspect("output dtype and device follow xt", 1, judge_dtype_device("xt", "xt"), shrink=False)),
+                     dtype_device_aspect("xt", name="output dtype and device follow xt")),
             diagnoses=STEP_DIAGNOSES,
         ),
         DDIMProperty(
@@ -1036,7 +1021,7 @@ EXERCISE = Exercise(
         DDIMProperty(
             function="ddim_sample", cases=chain_cases(), build=build_sample, examples=CHAIN_EXAMPLES,
             aspects=(Aspect("with η = 0 and a given x_T it matches the reference", 3, judge_sample_values),
-                     Aspect("output dtype and device follow x_T", 1, judge_dtype_device("x_T", "x_T"), shrink=False),
+                     dtype_device_aspect("x_T", name="output dtype and device follow x_T"),
                      Aspect("calls the model once per sample at each timestep, from the largest", 1,
                             judge_model_calls(descending=True), shrink=False)),
             diagnoses=SAMPLE_DIAGNOSES,
@@ -1060,7 +1045,7 @@ EXERCISE = Exercise(
         DDIMProperty(
             function="ddim_invert", cases=chain_cases(), build=build_invert, examples=CHAIN_EXAMPLES,
             aspects=(Aspect("matches the reference", 3, judge_invert_values),
-                     Aspect("output dtype and device follow x0", 1, judge_dtype_device("x0", "x0"), shrink=False),
+                     dtype_device_aspect("x0", name="output dtype and device follow x0"),
                      Aspect("calls the model once per sample at each timestep, from the smallest", 1,
                             judge_model_calls(descending=False), shrink=False)),
             diagnoses=INVERT_DIAGNOSES,

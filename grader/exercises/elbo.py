@@ -42,7 +42,15 @@ from grader.checks import (
     value_of,
 )
 from grader.exercises import Exercise
-from grader.exercises._common import DTYPES, data_shapes, gaussian, horizons, schedule_betas, schedule_note
+from grader.exercises._common import (
+    DTYPES,
+    data_shapes,
+    dtype_device_aspect,
+    gaussian,
+    horizons,
+    schedule_betas,
+    schedule_note,
+)
 from grader.sandbox.wire import generator_spec, model_spec
 from grader.stats import Statistic
 from reference import elbo as ref
@@ -105,20 +113,6 @@ def vlb_term_bpd_with(cdf: str):
 
 
 # -- shared judges -----------------------------------------------------------------------------
-
-
-def judge_dtype_device(argument: str):
-    """A judge: the result is a tensor in ``argument``'s dtype and on its device."""
-
-    def judge(inputs: Inputs, outcome) -> None:
-        expected = inputs.arguments()[argument]
-        got = as_tensor(outcome.value, "the result")
-        if got.dtype != expected.dtype:
-            raise Mismatch(f"the result has dtype {got.dtype}; expected {expected.dtype} (the dtype of {argument})")
-        if got.device.type != expected.device.type:
-            raise Mismatch(f"the result is on {got.device}; expected {expected.device} (where {argument} is)")
-
-    return judge
 
 
 def _per_row(value, batch: int, what: str = "the result") -> torch.Tensor:
@@ -1041,7 +1035,7 @@ EXERCISE = Exercise(
             function="discretized_gaussian_log_likelihood", cases=dgll_cases(), build=build_dgll, examples=DGLL_EXAMPLES,
             aspects=(Aspect("matches the reference (probabilities; the tanh-approximate CDF is accepted)", 2,
                             judge_dgll_values),
-                     Aspect("output dtype and device follow the input", 1, judge_dtype_device("x"), shrink=False)),
+                     dtype_device_aspect("x")),
             diagnoses=(Diagnosis(_dgll_closed_edges, "the edge bins must be open-ended: for x = −1 use Φ(upper edge), "
                                  "for x = 1 use 1 − Φ(lower edge)"),
                        Diagnosis(_dgll_log_variance, "log_scale is the log standard deviation (½ · log-variance): "
@@ -1067,8 +1061,7 @@ EXERCISE = Exercise(
             function="vlb_term_bpd", cases=vlb_cases(), build=build_vlb, examples=VLB_EXAMPLES,
             aspects=(Aspect("matches the reference (the decoder's CDF may be the tanh approximation)", 3,
                             judge_vlb_values),
-                     Aspect("output dtype and device follow the input", 1, judge_dtype_device("model_mean"),
-                            shrink=False)),
+                     dtype_device_aspect("model_mean")),
             diagnoses=(Diagnosis(_vlb_nats, "this is in nats: bits per dimension divide by ln 2"),
                        Diagnosis(_vlb_reversed_kl, "the KL is from the posterior q(x_{t−1} | x_t, x₀) to the model: "
                                  "normal_kl(true mean, true log-variance, model mean, model log-variance)")),

@@ -42,6 +42,7 @@ from grader.exercises._common import (
     boundary_cases,
     case_tensors,
     diffusion_cases,
+    dtype_device_aspect,
     schedule_note,
 )
 from reference import parametrization as ref
@@ -142,26 +143,12 @@ def judge_conversion(function: str) -> Callable:
     return judge
 
 
-def judge_dtype_device(argument: str) -> Callable:
-    """A judge: the result is a tensor in ``argument``'s dtype and on its device."""
-
-    def judge(inputs: Inputs, outcome) -> None:
-        expected = inputs.arguments()[argument]
-        got = as_tensor(outcome.value, "the result")
-        if got.dtype != expected.dtype:
-            raise Mismatch(f"the result has dtype {got.dtype}; expected {expected.dtype} (the dtype of {argument})")
-        if got.device.type != expected.device.type:
-            raise Mismatch(f"the result is on {got.device}; expected {expected.device} (where {argument} is)")
-
-    return judge
-
-
 def conversion(function: str, build: Callable, dtype_from: str, diagnoses: tuple = ()) -> Property:
     """The agreement check of a conversion: values (2 points), dtype and device (1 point)."""
     return Property(
         function=function, cases=diffusion_cases(), build=build, examples=BOUNDARIES, diagnoses=diagnoses,
         aspects=(Aspect("matches the reference", 2, judge_conversion(function)),
-                 Aspect("output dtype and device follow the input", 1, judge_dtype_device(dtype_from), shrink=False)),
+                 dtype_device_aspect(dtype_from)),
     )
 
 
@@ -545,7 +532,7 @@ EXERCISE = Exercise(
         Property(
             function="training_target", cases=weight_cases(), build=build_target, examples=WEIGHT_EXAMPLES,
             aspects=(Aspect("matches the reference", 2, judge_target),
-                     Aspect("output dtype and device follow the input", 1, judge_dtype_device("x0"), shrink=False)),
+                     dtype_device_aspect("x0")),
         ),
         Property(
             function="training_target", cases=unknown_cases(), build=build_target, probe=raises_on,

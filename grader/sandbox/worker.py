@@ -30,6 +30,7 @@ from grader.sandbox import guard, models, wire
 __all__ = ["CallTimeout", "StudentNamespace", "execute", "serve"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
+_TORCH = os.path.dirname(os.path.abspath(torch.__file__))
 _MAX_MESSAGE = 2_000
 
 
@@ -65,7 +66,9 @@ def _seed_everything(seed: int) -> None:
 
 
 def _student_traceback(exc: BaseException) -> str:
-    frames = [f for f in traceback.extract_tb(exc.__traceback__) if not f.filename.startswith(_HERE)]
+    """The student's frames of ``exc`` (not the grader's, nor torch's internals), and the exception."""
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if not f.filename.startswith((_HERE, _TORCH))]
     lines = traceback.format_list(frames[-6:])
     lines += traceback.format_exception_only(type(exc), exc)
     return "".join(lines)[-_MAX_MESSAGE:]

@@ -125,6 +125,13 @@ def prior_reversed_kl(x0, alphas_cumprod):
     return _mean_flat(kl) / LN2
 
 
+def prior_zeros_on_the_cpu(x0, alphas_cumprod):
+    a = alphas_cumprod[-1]
+    mean = a.sqrt().to(x0.dtype) * x0
+    prior = torch.zeros(x0.shape, dtype=x0.dtype)  # N(0, I) written out, on the CPU whatever x0's device
+    return _mean_flat(ref.normal_kl(mean, torch.log1p(-a).to(x0.dtype), prior, prior)) / LN2
+
+
 def vlb_decoder_at_one(model_mean, model_log_variance, x0, xt, t, betas):
     true_mean, _, true_log_variance = q_posterior(x0, xt, t, betas)
     kl = ref.normal_kl(true_mean, true_log_variance, model_mean, model_log_variance)
@@ -268,6 +275,8 @@ BUGS = [
     Bug("ELBO with x̂0 from ᾱ instead of √ᾱ", "elbo_bpd", elbo_x0_without_sqrt, "x̂0 = (x_t − (1 − ᾱ)ε)/ᾱ"),
     Bug("ELBO whose model sees x0", "elbo_bpd", elbo_model_sees_x0, "the posterior mean from the true x0"),
     Bug("ELBO averaging the terms", "elbo_bpd", elbo_mean_over_steps, "the mean over t of L_t"),
+    Bug("prior on the CPU", "prior_bpd", prior_zeros_on_the_cpu,
+        "torch.zeros(x0.shape): right on the CPU, fails with --device cuda"),
 ]
 
 # -- correct alternatives ----------------------------------------------------------------------

@@ -166,6 +166,16 @@ def q_posterior_beta_variance(x0, xt, t, betas):
     return mean, var, torch.log(var)
 
 
+def q_posterior_cpu_prepend(x0, xt, t, betas):
+    ac = torch.cumprod(1 - betas, 0)
+    ac_prev = torch.cat([torch.tensor([1.0], dtype=betas.dtype), ac[:-1]])  # made on the CPU: fails on a GPU
+    variance = betas * (1 - ac_prev) / (1 - ac)
+    log_variance = torch.log(torch.cat([variance[1:2], variance[1:]]))
+    coef_x0, coef_xt = betas * ac_prev.sqrt() / (1 - ac), (1 - ac_prev) * (1 - betas).sqrt() / (1 - ac)
+    return (_bcast(coef_x0[t], xt) * x0 + _bcast(coef_xt[t], xt) * xt, _bcast(variance[t], xt).expand_as(xt),
+            _bcast(log_variance[t], xt).expand_as(xt))
+
+
 BUGS = [
     Bug("linear schedule in float32", "linear_beta_schedule", linear_float32,
         "torch.linspace without dtype returns float32; schedules are float64"),
@@ -198,6 +208,8 @@ BUGS = [
     Bug("q_posterior coefficients swapped", "q_posterior", q_posterior_swapped, "x0 and xt exchanged"),
     Bug("q_posterior wraps at t = 0", "q_posterior", q_posterior_wraps, "ᾱ_{t−1} = alphas_cumprod[t − 1] at t = 0"),
     Bug("q_posterior variance is β_t", "q_posterior", q_posterior_beta_variance, "the forward variance"),
+    Bug("q_posterior builds ᾱ_{t−1} on the CPU", "q_posterior", q_posterior_cpu_prepend,
+        "torch.cat([torch.tensor([1.0]), ᾱ[:-1]]): right on the CPU, fails with --device cuda"),
 ]
 
 # -- correct alternatives ----------------------------------------------------------------------

@@ -1,0 +1,93 @@
+"""The meta-device probe: code that would fail on a GPU is caught when grading on the CPU.
+
+See :func:`grader.checks.property.device_leak`. Each test grades a one-function
+namespace with an :class:`Agreement` check, in-process, and looks at the verdict of
+its "output dtype and device" test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import strategies as st
+
+from grader.checks import Agreement, Context, Inputs
+from grader.runner import InProcessRunner
+from grader.sandbox.wire import generator_spec
+
+CASES = st.fixed_dictionaries({"batch": st.integers(1, 3), "dtype": st.sampled_from(["float32", "float64"])})
+
+
+def _build(case, ctx, with_generator=False):
+    dtype = getattr(torch, case["dtype"])
+    x = torch.linspace(-1, 1, case["batch"] * 4, dtype=dtype).reshape(case["batch"], 4)
+    kwargs = {"generator": generator_spec(0, str(ctx.device))} if with_generator else {}
+    return Inputs({"x": x.to(ctx.device), "scale": torch.tensor([2.0, 3.0, 4.0, 5.0], dtype=torch.float64).to(ctx.device)},
+                  kwargs)
+
+
+def _reference(x, scale, generator=None):
+    return (x * scale).to(x.dtype)
+
+
+def _grade(impl, with_generator=False):
+    check = Agreement(function="f", cases=CASES, build=lambda c, ctx: _build(c, ctx, with_generator),
+                      reference=_reference, dtype_from="x", device_from="x", points=1, dtype_points=1, max_examples=3)
+    ctx = Context(InProcessRunner({"f": impl}), torch.device("cpu"), 0, "probe")
+    values, device = check.run(ctx)
+    return values, device
+
+
+def test_device_agnostic_code_passes():
+    values, device = _grade(lambda x, scale, generator=None: (x * scale.to(x.dtype)))
+    assert values.passed and device.passed, device.output
+
+
+def test_a_tensor_made_on_the_cpu_is_caught_with_the_line_that_uses_it():
+    def f(x, scale, generator=None):
+        offset = torch.zeros(x.shape[-1], dtype=x.dtype)  # on the CPU, whatever x's device
+        return x * scale.to(x.dtype) + offset
+
+    values, device = _grade(f)
+    assert values.passed  # right values on the CPU ...
+    assert not device.passed  # ... but not device-agnostic
+    assert "would fail on a GPU" in device.output and "mixes a tensor made on the CPU" in device.output
+    assert "return x * scale.to(x.dtype) + offset" in device.details["traceback"]  # the student's line
+    assert "site-packages" not in device.details["traceback"]  # not torch's internals
+
+
+def test_numpy_inside_is_caught():
+    def f(x, scale, generator=None):
+        return torch.from_numpy(np.asarray(x.numpy() * scale.numpy(), dtype=x.numpy().dtype))
+
+    values, device = _grade(f)
+    assert values.passed and not device.passed
+    assert "numpy" in device.output
+
+
+def test_a_result_returned_on_the_cpu_is_caught():
+    """A result made on the CPU from the inputs' shape alone runs on meta, and is on the wrong device there."""
+    values, device = _grade(lambda x, scale, generator=None: torch.ones(x.shape, dtype=x.dtype))
+    assert not values.passed and not device.passed
+    assert "would return a tensor on the cpu" in device.output
+
+
+@pytest.mark.parametrize("uses_data", [
+    lambda x, scale, generator=None: x * scale.to(x.dtype) if bool((x.abs() < 10).all()) else x,
+    lambda x, scale, generator=None: x * torch.tensor(scale.tolist(), dtype=x.dtype, device=x.device),
+    lambda x, scale, generator=None: x * scale.to(x.dtype) * torch.tensor(1.0),  # a 0-dim CPU scalar is allowed
+])
+def test_code_that_runs_on_a_gpu_but_needs_data_is_not_penalised(uses_data):
+    """.item(), .tolist(), an `if` on a tensor: impossible on meta, fine on a GPU, so inconclusive: passes."""
+    values, device = _grade(uses_data)
+    assert values.passed and device.passed, device.output
+
+
+def test_cases_with_a_generator_are_not_probed():
+    """No generator lives on meta, so such a case proves nothing either way."""
+    def f(x, scale, generator=None):
+        return x * scale.to(x.dtype) + torch.zeros(4, dtype=x.dtype)  # would be caught without the generator
+
+    values, device = _grade(f, with_generator=True)
+    assert values.passed and device.passed
