@@ -9,7 +9,7 @@ For every exercise with a catalogue in ``tests/catalogue/``:
   false-failure rate is the fraction of seeds with any failed test — the policy
   bounds it by 1e-4 per submission, so over 200 seeds we expect none;
 * the p-values of every statistic of every statistical check of the correct
-  namespace are collected over seeds: for a correct implementation they are
+  namespace and of every alternative are collected over seeds: for a correct implementation they are
   uniform on [0, 1] (exact tests) or larger (conservative ones), and a one-sided
   Kolmogorov–Smirnov test says whether they pile up near 0. A level that is off —
   a threshold too tight, a law slightly wrong — shows here long before it shows
@@ -88,7 +88,7 @@ def _measure(job: tuple) -> Row:
         graded = grade_namespace(exercise, namespace, seed, functions)
         if any(not g.passed for g in graded):
             row.failing_seeds.append(seed)
-        if kind == "correct":
+        if kind != "bug":
             for g in graded:
                 for statistic in g.details.get("statistics", []):
                     key = f"{g.name} — {statistic['name']}"
@@ -165,19 +165,19 @@ def report(rows: list[Row], seeds: int, seconds: float) -> str:
                          f"{row.rate:.3f} |")
     lines += [
         "",
-        "## Statistics of the correct implementation over seeds",
+        "## Statistics of correct implementations over seeds",
         "",
         "For a correct implementation every p-value is Uniform(0, 1) for an exact test, or larger for a conservative",
         "one (Chernoff bounds, band tests); KS is the one-sided Kolmogorov–Smirnov p-value against p-values piling",
         "up near 0, and `min p` the smallest p-value seen (the tests reject below their level α ≤ 1e-6).",
         "",
-        "| exercise | test — statistic | n per seed | mean p | min p | KS p |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
+        "| exercise | implementation | test — statistic | n per seed | mean p | min p | KS p |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for row in rows:
         for key, values in row.p_values.items():
-            lines.append(f"| {row.exercise} | {key} | {row.sample_sizes[key]:,} | {sum(values) / len(values):.3f} | "
-                         f"{min(values):.2g} | {ks_p_value(values):.3f} |")
+            lines.append(f"| {row.exercise} | {row.name} | {key} | {row.sample_sizes[key]:,} | "
+                         f"{sum(values) / len(values):.3f} | {min(values):.2g} | {ks_p_value(values):.3f} |")
     lines += [
         "",
         "## Bugs (detection)",
