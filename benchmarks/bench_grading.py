@@ -7,7 +7,9 @@ Measures, on this machine (median of --repeat runs):
 * ``grade submit`` on each exercise's solution notebook, end to end, and its split into
   the notebook's own cells and the checks;
 * isolation per call: one trivial call through the kernel versus in-process, and the
-  amortised cost per call in a batch of 200.
+  amortised cost per call in a batch of 200;
+* ``check(fn)`` in a notebook (grading.md: "answers in under a second"): the public
+  checks of every function, called on the reference implementation, warm.
 
 Usage: python benchmarks/bench_grading.py [--repeat 3] [--exercises q_sampler ...]
 """
@@ -90,6 +92,27 @@ def call_overhead() -> dict:
     return results
 
 
+def check_latency(exercise: str, repeat: int) -> dict[str, float]:
+    """Seconds for ``check(fn)`` on each function of ``exercise`` with public checks (warm, median)."""
+    import contextlib
+    import importlib
+    import io
+
+    from grader.exercises import load_exercise
+    from grader.interactive import check
+
+    module = importlib.import_module(f"reference.{exercise}")
+    names = sorted({c.function for c in load_exercise(exercise).checks if c.public and c.function})
+    seconds = {}
+    for name in names:
+        function = getattr(module, name)
+        with contextlib.redirect_stdout(io.StringIO()):
+            if not check(function):  # warm: imports, hypothesis's first draw
+                raise RuntimeError(f"check({name}) fails on the reference")
+            seconds[name] = median_of(repeat, lambda: check(function))
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -126,6 +149,18 @@ def main() -> None:
         f"| sandboxed kernel | {1e3 * overhead['kernel_single']:.1f} | {1e3 * overhead['kernel_batch200']:.2f} |",
         f"| in-process | {1e3 * overhead['inprocess_single']:.2f} | {1e3 * overhead['inprocess_batch200']:.3f} |",
     ]
+    lines += [
+        "",
+        "`check(fn)` in a notebook (public checks, in-process, warm; the goal is under a second):",
+        "",
+        "| exercise | functions | median (s) | slowest (s) |",
+        "| --- | ---: | ---: | --- |",
+    ]
+    for exercise in exercises:
+        latency = check_latency(exercise, args.repeat)
+        slowest = max(latency, key=latency.get)
+        lines.append(f"| {exercise} | {len(latency)} | {statistics.median(latency.values()):.2f} | "
+                     f"{latency[slowest]:.2f} ({slowest}) |")
     text = "\n".join(lines) + "\n"
     print(text)
     (ROOT / "benchmarks" / "results" / "grading.md").write_text(text)
