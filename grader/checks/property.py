@@ -32,8 +32,8 @@ from hypothesis import HealthCheck, Phase, Verbosity, example, given, seed, sett
 from hypothesis import strategies as st
 
 from grader.checks.base import Check, Context, Inputs, Outcome, TestSpec, Verdict
-from grader.sandbox.wire import SPEC
 from grader.checks.compare import DEFAULT_TOLERANCE, Mismatch, Tolerance, as_tensor, as_tuple, compare_values
+from grader.sandbox.wire import SPEC
 
 __all__ = ["Agreement", "Aspect", "Diagnosis", "Property", "device_leak", "draw_cases"]
 
