@@ -10,7 +10,7 @@ Shared pieces: :class:`Inputs`, :class:`Context`, :class:`Tolerance`, :class:`Mi
 
 from grader.checks.base import Check, Context, Inputs, Outcome, TestSpec, Verdict, describe_value, stable_seed
 from grader.checks.compare import DEFAULT_TOLERANCE, Mismatch, Tolerance, as_tensor, as_tuple, compare_values
-from grader.checks.property import Agreement, Aspect, Diagnosis, Property, draw_cases
+from grader.checks.property import Agreement, Aspect, Diagnosis, Property, draw_cases, dtype_device_aspect
 from grader.checks.statistical import StatReport, Statistical, Unanswered, value_of
 from grader.checks.structure import Signatures
 
@@ -37,6 +37,7 @@ __all__ = [
     "compare_values",
     "describe_value",
     "draw_cases",
+    "dtype_device_aspect",
     "stable_seed",
     "value_of",
 ]

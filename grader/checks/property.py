@@ -35,7 +35,7 @@ from grader.checks.base import Check, Context, Inputs, Outcome, TestSpec, Verdic
 from grader.checks.compare import DEFAULT_TOLERANCE, Mismatch, Tolerance, as_tensor, as_tuple, compare_values
 from grader.sandbox.wire import SPEC
 
-__all__ = ["Agreement", "Aspect", "Diagnosis", "Property", "device_leak", "draw_cases"]
+__all__ = ["Agreement", "Aspect", "Diagnosis", "Property", "device_leak", "draw_cases", "dtype_device_aspect"]
 
 #: Live calls hypothesis may make while shrinking one failure (each is one round trip).
 SHRINK_CALLS = 60
@@ -301,16 +301,44 @@ def _tensors(value: Any) -> list[torch.Tensor]:
     return []
 
 
-def _expected_dtype(inputs: Inputs, dtype_from: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype_from, torch.dtype):
-        return dtype_from
-    return inputs.arguments()[dtype_from].dtype
+def _whole_result(value: Any) -> list[tuple[str, Any]]:
+    return [("the result", value)]
 
 
-def _expected_device(inputs: Inputs, device_from: str | None) -> torch.device:
-    if device_from is None:
-        return torch.device("cpu")
-    return inputs.arguments()[device_from].device
+def dtype_device_aspect(dtype_from: str | torch.dtype | None, device_from: str | None = None, points: float = 1,
+                        name: str = "output dtype and device follow the input",
+                        items: Callable[[Any], list[tuple[str, Any]]] = _whole_result) -> Aspect:
+    """A test that every item of the result is a tensor with the expected dtype, on the expected device.
+
+    Args:
+        dtype_from: the argument whose dtype the result must have, a fixed dtype, or None (the default dtype).
+        device_from: the argument whose device the result must be on, or None (the CPU).
+        items: splits the result into labelled items (default: the whole result).
+
+    Where the device comes from an argument the aspect is a device test, so that grading on the
+    CPU also runs the function on the meta device (:func:`device_leak`).
+    """
+    if isinstance(dtype_from, str):
+        source = f"the dtype of {dtype_from}"
+    else:
+        source = "the default dtype" if dtype_from is None else "the contract"
+
+    def judge(inputs: Inputs, outcome: Outcome) -> None:
+        arguments = inputs.arguments()
+        if isinstance(dtype_from, str):
+            dtype = arguments[dtype_from].dtype
+        else:
+            dtype = torch.get_default_dtype() if dtype_from is None else dtype_from
+        device = arguments[device_from].device if device_from else torch.device("cpu")
+        for label, got in items(outcome.value):
+            got = as_tensor(got, label)
+            if got.dtype != dtype:
+                raise Mismatch(f"{label} has dtype {got.dtype}; expected {dtype} ({source})")
+            if got.device.type != device.type:
+                where = f" (where {device_from} is)" if device_from else ""
+                raise Mismatch(f"{label} is on {got.device}; expected {device}{where}")
+
+    return Aspect(name, points, judge, shrink=False, device=device_from is not None)
 
 
 @dataclass(frozen=True)
@@ -342,8 +370,8 @@ class Agreement(Property):
     def __post_init__(self) -> None:
         aspects = [Aspect(self.what, self.points, self._judge_values)]
         if self.dtype_points:
-            aspects.append(Aspect("output dtype and device follow the input", self.dtype_points,
-                                  self._judge_dtype, shrink=False, device=self.device_from is not None))
+            aspects.append(dtype_device_aspect(self.dtype_from, self.device_from, self.dtype_points,
+                                               items=self._items))
         object.__setattr__(self, "aspects", tuple(aspects))
 
     def _items(self, value: Any) -> list[tuple[str, Any]]:
@@ -357,14 +385,3 @@ class Agreement(Property):
         expected_items = [expected] if self.outputs is None else list(expected)
         for (label, got), exp, name in zip(self._items(outcome.value), expected_items, self.outputs or ("",)):
             compare_values(as_tensor(got, label), exp, self.tolerance, label, broadcast=name in self.broadcastable)
-
-    def _judge_dtype(self, inputs: Inputs, outcome: Outcome) -> None:
-        dtype = _expected_dtype(inputs, self.dtype_from)
-        device = _expected_device(inputs, self.device_from)
-        for label, got in self._items(outcome.value):
-            got = as_tensor(got, label)
-            if got.dtype != dtype:
-                raise Mismatch(f"{label} has dtype {got.dtype}; expected {dtype} (the dtype of "
-                               f"{self.dtype_from if isinstance(self.dtype_from, str) else 'the contract'})")
-            if got.device.type != device.type:
-                raise Mismatch(f"{label} is on {got.device}; expected {device}")

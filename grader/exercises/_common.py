@@ -13,14 +13,13 @@ from typing import Any
 import torch
 from hypothesis import strategies as st
 
-from grader.checks import Aspect, Context, Inputs, Mismatch, Tolerance, as_tensor
+from grader.checks import Context, Tolerance
 from reference.q_sampler import compute_alphas_cumprod, cosine_beta_schedule, linear_beta_schedule
 
 __all__ = [
     "DTYPES",
     "SCHEDULE_TOLERANCE",
     "diffusion_cases",
-    "dtype_device_aspect",
     "gaussian",
     "schedule_betas",
     "schedule_note",
@@ -107,25 +106,3 @@ def case_tensors(case: dict, ctx: Context) -> dict:
         "schedule_dtype": schedule_dtype,
     }
 
-
-def dtype_device_aspect(dtype_from: str | None, device_from: str | None = None, points: float = 1,
-                        name: str = "output dtype and device follow the input", what: str = "the result") -> Aspect:
-    """A test that the result is a tensor in ``dtype_from``'s dtype (None: the default dtype) on ``device_from``'s device.
-
-    ``device_from`` defaults to ``dtype_from``. Marked as a device test, so that grading on
-    the CPU also runs the function on the meta device (:func:`grader.checks.property.device_leak`).
-    """
-    device_from = device_from or dtype_from
-
-    def judge(inputs: Inputs, outcome) -> None:
-        got = as_tensor(outcome.value, what)
-        arguments = inputs.arguments()
-        dtype = arguments[dtype_from].dtype if dtype_from else torch.get_default_dtype()
-        device = arguments[device_from].device if device_from else torch.device("cpu")
-        if got.dtype != dtype:
-            source = f"the dtype of {dtype_from}" if dtype_from else "the default dtype"
-            raise Mismatch(f"{what} has dtype {got.dtype}; expected {dtype} ({source})")
-        if got.device.type != device.type:
-            raise Mismatch(f"{what} is on {got.device}; expected {device} (where {device_from} is)")
-
-    return Aspect(name, points, judge, shrink=False, device=device_from is not None)

@@ -38,11 +38,12 @@ from grader.checks import (
     Inputs,
     Mismatch,
     Property,
-    StatReport,
     Statistical,
+    StatReport,
     Tolerance,
     as_tensor,
     as_tuple,
+    dtype_device_aspect,
     value_of,
 )
 from grader.checks.base import format_tensor
@@ -51,7 +52,6 @@ from grader.exercises._common import (
     DTYPES,
     SCHEDULE_TOLERANCE,
     data_shapes,
-    dtype_device_aspect,
     gaussian,
     horizons,
     schedule_betas,
@@ -1022,7 +1022,7 @@ EXERCISE = Exercise(
         DDIMProperty(
             function="ddim_step", cases=step_cases(), build=build_step, examples=STEP_EXAMPLES, max_examples=40,
             aspects=(Aspect("matches the reference (noise injected)", 3, judge_step_values),
-                     dtype_device_aspect("xt", name="output dtype and device follow xt")),
+                     dtype_device_aspect("xt", "xt", name="output dtype and device follow xt")),
             diagnoses=STEP_DIAGNOSES,
         ),
         DDIMProperty(
@@ -1033,7 +1033,7 @@ EXERCISE = Exercise(
         DDIMProperty(
             function="ddim_sample", cases=chain_cases(), build=build_sample, examples=CHAIN_EXAMPLES,
             aspects=(Aspect("with η = 0 and a given x_T it matches the reference", 3, judge_sample_values),
-                     dtype_device_aspect("x_T", name="output dtype and device follow x_T"),
+                     dtype_device_aspect("x_T", "x_T", name="output dtype and device follow x_T"),
                      Aspect("calls the model once per sample at each timestep, from the largest", 1,
                             judge_model_calls(descending=True), shrink=False)),
             diagnoses=SAMPLE_DIAGNOSES,
@@ -1057,7 +1057,7 @@ EXERCISE = Exercise(
         DDIMProperty(
             function="ddim_invert", cases=chain_cases(), build=build_invert, examples=CHAIN_EXAMPLES,
             aspects=(Aspect("matches the reference", 3, judge_invert_values),
-                     dtype_device_aspect("x0", name="output dtype and device follow x0"),
+                     dtype_device_aspect("x0", "x0", name="output dtype and device follow x0"),
                      Aspect("calls the model once per sample at each timestep, from the smallest", 1,
                             judge_model_calls(descending=False), shrink=False)),
             diagnoses=INVERT_DIAGNOSES,

@@ -34,18 +34,18 @@ from grader.checks import (
     Inputs,
     Mismatch,
     Property,
-    StatReport,
     Statistical,
+    StatReport,
     Tolerance,
     as_tensor,
     compare_values,
+    dtype_device_aspect,
     value_of,
 )
 from grader.exercises import Exercise
 from grader.exercises._common import (
     DTYPES,
     data_shapes,
-    dtype_device_aspect,
     gaussian,
     horizons,
     schedule_betas,
@@ -1035,7 +1035,7 @@ EXERCISE = Exercise(
             function="discretized_gaussian_log_likelihood", cases=dgll_cases(), build=build_dgll, examples=DGLL_EXAMPLES,
             aspects=(Aspect("matches the reference (probabilities; the tanh-approximate CDF is accepted)", 2,
                             judge_dgll_values),
-                     dtype_device_aspect("x")),
+                     dtype_device_aspect("x", "x")),
             diagnoses=(Diagnosis(_dgll_closed_edges, "the edge bins must be open-ended: for x = −1 use Φ(upper edge), "
                                  "for x = 1 use 1 − Φ(lower edge)"),
                        Diagnosis(_dgll_log_variance, "log_scale is the log standard deviation (½ · log-variance): "
@@ -1061,7 +1061,7 @@ EXERCISE = Exercise(
             function="vlb_term_bpd", cases=vlb_cases(), build=build_vlb, examples=VLB_EXAMPLES,
             aspects=(Aspect("matches the reference (the decoder's CDF may be the tanh approximation)", 3,
                             judge_vlb_values),
-                     dtype_device_aspect("model_mean")),
+                     dtype_device_aspect("model_mean", "model_mean")),
             diagnoses=(Diagnosis(_vlb_nats, "this is in nats: bits per dimension divide by ln 2"),
                        Diagnosis(_vlb_reversed_kl, "the KL is from the posterior q(x_{t−1} | x_t, x₀) to the model: "
                                  "normal_kl(true mean, true log-variance, model mean, model log-variance)")),

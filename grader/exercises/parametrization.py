@@ -34,6 +34,7 @@ from grader.checks import (
     Tolerance,
     as_tensor,
     compare_values,
+    dtype_device_aspect,
 )
 from grader.checks.base import describe_value, format_tensor
 from grader.exercises import Exercise
@@ -42,7 +43,6 @@ from grader.exercises._common import (
     boundary_cases,
     case_tensors,
     diffusion_cases,
-    dtype_device_aspect,
     schedule_note,
 )
 from reference import parametrization as ref
@@ -148,7 +148,7 @@ def conversion(function: str, build: Callable, dtype_from: str, diagnoses: tuple
     return Property(
         function=function, cases=diffusion_cases(), build=build, examples=BOUNDARIES, diagnoses=diagnoses,
         aspects=(Aspect("matches the reference", 2, judge_conversion(function)),
-                 dtype_device_aspect(dtype_from)),
+                 dtype_device_aspect(dtype_from, dtype_from)),
     )
 
 
@@ -532,7 +532,7 @@ EXERCISE = Exercise(
         Property(
             function="training_target", cases=weight_cases(), build=build_target, examples=WEIGHT_EXAMPLES,
             aspects=(Aspect("matches the reference", 2, judge_target),
-                     dtype_device_aspect("x0")),
+                     dtype_device_aspect("x0", "x0")),
         ),
         Property(
             function="training_target", cases=unknown_cases(), build=build_target, probe=raises_on,
