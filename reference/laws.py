@@ -475,3 +475,93 @@ def langevin_corrector_moments(
         "step_mean": _f64(step["mean"], data),
         "step_var": _f64(step["var"], data),
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Classifier-free guidance: guided DDIM on class-conditional Gaussians
+# ---------------------------------------------------------------------------------------------
+
+__all__ += ["guided_ddim_step_law", "cfg_sample_law"]
+
+
+def guided_ddim_step_law(
+    data_uncond: GaussianData,
+    data_cond: GaussianData,
+    t: int,
+    t_prev: int,
+    alphas_cumprod: torch.Tensor,
+    guidance_scale: float,
+    x_law: Law,
+) -> Law:
+    """The exact law of one η = 0 DDIM step with the guided ε of two Gaussian data laws.
+
+    With ε_u = k_u·(x − m_u) and ε_c = k_c·(x − m_c) (the optimal ε's, affine: module
+    docstring), ε_w = ε_u + w·(ε_c − ε_u) = K·x − J with K = (1 − w)·k_u + w·k_c and
+    J = (1 − w)·k_u·m_u + w·k_c·m_c, and the step x′ = r·x + d·ε_w (see ``_ddim_affine``)
+    is x′ = (r + d·K)·x − d·J: affine, deterministic. The two data laws may carry
+    per-sample parameters ``(B, *D)`` (one class per batch element).
+
+    Args:
+        data_uncond: the data of the unconditional branch (or the negative prompt).
+        data_cond: the data of the condition.
+        t, t_prev: the step (t_prev < 0: ᾱ_prev = 1).
+        alphas_cumprod: ``(T,)`` ᾱ.
+        guidance_scale: w (any real).
+        x_law: ``(mean, var)`` of x_t.
+
+    Returns:
+        ``(mean, var)`` of x_{t_prev}.
+    """
+    a_t, a_prev = _alpha_bar(alphas_cumprod, t, data_cond), _alpha_bar(alphas_cumprod, t_prev, data_cond)
+    r = (a_prev / a_t).sqrt()
+    d = (1 - a_prev).sqrt() - r * (1 - a_t).sqrt()
+    w = _f64(guidance_scale, data_cond)
+
+    def slope_and_centre(data: GaussianData):
+        mu, s2 = _params(data)
+        k = (1 - a_t).sqrt() / (a_t * s2 + 1 - a_t)
+        return k, k * a_t.sqrt() * mu
+
+    k_u, km_u = slope_and_centre(data_uncond)
+    k_c, km_c = slope_and_centre(data_cond)
+    K = (1 - w) * k_u + w * k_c
+    J = (1 - w) * km_u + w * km_c
+    return affine_law(x_law, r + d * K, -d * J, torch.zeros_like(K))
+
+
+def cfg_sample_law(
+    toy,
+    alphas_cumprod: torch.Tensor,
+    num_steps: int,
+    cond: torch.Tensor,
+    uncond: torch.Tensor,
+    guidance_scale: float,
+    x_T: torch.Tensor | None = None,
+    x_T_law: Law | None = None,
+) -> Law:
+    """The exact law of ``cfg_sample`` with the optimal ε-model of class-conditional Gaussians.
+
+    Composes :func:`guided_ddim_step_law` along ``ddim_timesteps(T, num_steps, "leading")``
+    and the final step to t_prev = −1, as :func:`reference.cfg.cfg_sample` does. Each batch
+    element has its own classes (``cond[b]``, ``uncond[b]``), so the law is per element.
+
+    Args:
+        toy: a :class:`reference.toy.ClassConditionalGaussians`.
+        alphas_cumprod: ``(T,)`` ᾱ.
+        num_steps: as in ``cfg_sample``.
+        cond, uncond: ``(B,)`` labels.
+        guidance_scale: w.
+        x_T: ``(B, *D)`` a fixed start; or
+        x_T_law: ``(mean, var)`` of the start; default N(0, I).
+
+    Returns:
+        ``(mean, var)`` of the samples, ``(B, *D)``.
+    """
+    data_c, data_u = toy.given(cond), toy.given(uncond)
+    law = _start_law(data_c, x_T, x_T_law)
+    law = tuple(torch.broadcast_to(v, data_c.mean.shape).clone() for v in law)
+    timesteps = ddim_timesteps(alphas_cumprod.shape[0], num_steps, "leading").tolist()
+    for i, t in enumerate(timesteps):
+        t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
+        law = guided_ddim_step_law(data_u, data_c, t, t_prev, alphas_cumprod, guidance_scale, law)
+    return law

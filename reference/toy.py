@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 
 __all__ = [
+    "ClassConditionalGaussians",
+    "ClassConditionalMixture",
     "GaussianData",
     "GaussianMixture",
     "vp_coefficients",
@@ -140,3 +142,112 @@ class GaussianMixture(_Predictors):
         a = _per_sample(a, x).unsqueeze(0)
         return (r * (self.means.unsqueeze(1) + a * self.vars.unsqueeze(1) * (x.unsqueeze(0) - m) / v)).sum(0)
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Conditional toy problems (classifier-free guidance): the model is eps_model(x, t, cond)
+# ---------------------------------------------------------------------------------------------
+
+
+def _labels(cond: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Integer class labels ``(B,)`` from a condition tensor with batch first (a trailing size-1 dim allowed)."""
+    cond = torch.as_tensor(cond, device=device)
+    return cond.reshape(cond.shape[0]).long()
+
+
+@dataclass(frozen=True)
+class ClassConditionalGaussians:
+    """x₀ | c ~ N(means[c], diag(vars[c])) for integer labels c; ``means``/``vars`` ``(C, *D)``.
+
+    Every label, the "null" one included, has Gaussian data, so both the
+    conditional and the unconditional optimal ε are affine in x and every guided
+    DDIM step is x′ = A·x + b (:func:`reference.laws.cfg_sample_law`). The null
+    label of :meth:`with_null` is the Gaussian closest (same mean and variance)
+    to the mixture of the classes, a Gaussian stand-in for the unconditional data.
+    """
+
+    means: torch.Tensor
+    vars: torch.Tensor
+
+    @classmethod
+    def with_null(cls, weights: torch.Tensor, means: torch.Tensor, vars: torch.Tensor) -> "ClassConditionalGaussians":
+        """Classes 0…K−1 from ``means``/``vars`` ``(K, *D)``; label K (the null label) their moment-matched mixture.
+
+        mean_∅ = Σ_k π_k μ_k,  var_∅ = Σ_k π_k (s_k² + μ_k²) − mean_∅²  (per coordinate).
+        """
+        w = weights.to(means.dtype).reshape(-1, *([1] * (means.ndim - 1)))
+        mean = (w * means).sum(0)
+        var = (w * (vars + means**2)).sum(0) - mean**2
+        return cls(torch.cat([means, mean[None]]), torch.cat([vars, var[None]]))
+
+    @property
+    def null_label(self) -> int:
+        """The last label (the unconditional one when built by :meth:`with_null`)."""
+        return self.means.shape[0] - 1
+
+    def given(self, cond: torch.Tensor) -> GaussianData:
+        """The data of each batch element's class: a GaussianData with ``(B, *D)`` parameters."""
+        labels = _labels(cond, self.means.device)
+        return GaussianData(self.means[labels], self.vars[labels])
+
+    def eps(self, x: torch.Tensor, a: torch.Tensor, n: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        """The optimal ε of each element's class, ``(B, *D)``."""
+        return self.given(cond).eps(x, a, n)
+
+    def eps_model(self, alphas_cumprod: torch.Tensor):
+        """The optimal conditional VP ε-model ``eps_model(x, t, cond)``."""
+
+        def eps_model(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+            a, n = vp_coefficients(t, alphas_cumprod)
+            return self.eps(x, a.to(x.dtype), n.to(x.dtype), cond)
+
+        return eps_model
+
+
+@dataclass(frozen=True)
+class ClassConditionalMixture:
+    """x₀ ~ Σ_k π_k N(means[k], diag(vars[k])), class k = component k; label K is the null label.
+
+    The conditional model of label k < K is component k's Gaussian; the null label
+    gives the whole mixture, the true unconditional data, with its nonlinear ε.
+    For plots of guidance on multi-modal data (no sampler law is closed-form here).
+    """
+
+    weights: torch.Tensor
+    means: torch.Tensor
+    vars: torch.Tensor
+
+    @property
+    def null_label(self) -> int:
+        return self.means.shape[0]
+
+    def unconditional(self) -> GaussianMixture:
+        return GaussianMixture(self.weights, self.means, self.vars)
+
+    def eps(self, x: torch.Tensor, a: torch.Tensor, n: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        labels = _labels(cond, x.device)
+        a = torch.as_tensor(a, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        n = torch.as_tensor(n, dtype=x.dtype, device=x.device).expand(x.shape[0])
+        out = torch.zeros_like(x)
+        for k in range(self.null_label + 1):
+            mask = labels == k
+            if not bool(mask.any()):
+                continue
+            data = self.unconditional() if k == self.null_label else GaussianData(self.means[k], self.vars[k])
+            out[mask] = data.eps(x[mask], a[mask], n[mask])
+        return out
+
+    def eps_model(self, alphas_cumprod: torch.Tensor):
+        """The optimal conditional VP ε-model ``eps_model(x, t, cond)`` (the null label: the mixture's)."""
+
+        def eps_model(x: torch.Tensor, t: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+            a, n = vp_coefficients(t, alphas_cumprod)
+            return self.eps(x, a, n, cond)
+
+        return eps_model
+
+    def sample(self, label: int, batch: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``(batch, *D)`` draws of x₀ given ``label`` (the null label: the mixture)."""
+        if label == self.null_label:
+            return self.unconditional().sample(batch, generator)[0]
+        return GaussianData(self.means[label], self.vars[label]).sample(batch, generator)
