@@ -46,14 +46,17 @@ class ModelLog:
         self.calls: list[dict] = []
 
     def wrap(self, model: Callable) -> Callable:
-        def recorded(x, level=None, *rest):
+        def recorded(x, level=None, *rest, **named):
             entry = {"batch": int(x.shape[0]) if hasattr(x, "shape") and len(x.shape) else -1}
             if isinstance(level, torch.Tensor):
                 entry["level"] = level.detach().to("cpu", copy=True)
             elif level is not None:
                 entry["level"] = torch.as_tensor(level).detach().cpu()
+            cond = rest[0] if rest else named.get("cond")
+            if isinstance(cond, torch.Tensor):  # a conditional model: which condition each row got, in order
+                entry["cond"] = cond.detach().to("cpu", copy=True)
             self.calls.append(entry)
-            return model(x, level, *rest) if level is not None else model(x)
+            return model(x, level, *rest, **named) if level is not None else model(x)
 
         return recorded
 
@@ -86,6 +89,9 @@ FACTORIES: dict[str, Callable[[dict], Callable]] = {
     # score_fn(x): the score of the data itself (or at one fixed VE level).
     "gaussian_score": lambda p: _fixed_level_score(_gaussian(p), p.get("sigma", 0.0)),
     "mixture_score": lambda p: _fixed_level_score(_mixture(p), p.get("sigma", 0.0)),
+    # eps_model(x, t, cond): the optimal ε of class-conditional Gaussians, cond the (B,) labels (cfg).
+    "class_gaussian_eps": lambda p: preload().ClassConditionalGaussians(p["means"], p["vars"]).eps_model(
+        p["alphas_cumprod"]),
 }
 
 
