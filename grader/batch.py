@@ -1,54 +1,152 @@
-"""``grade batch``: grade a class in parallel, one isolated ``grade submit`` process per student.
+"""``grade batch``: grade a class, one isolated ``grade submit`` process per notebook.
 
-Layout: ``SUBMISSIONS_DIR/<student>/`` (a folder holding one notebook) or
-``SUBMISSIONS_DIR/<student>.ipynb``. Output: ``OUT/<student>/`` (results.json,
-report.html, the executed notebook) and ``OUT/gradebook.csv``, one row per
-student with the total, each function's points, and why a submission could not
-be graded, if it could not.
+Layout: ``SUBMISSIONS_DIR/<student>/`` (a folder holding one notebook, or one per
+exercise for a whole course) or ``SUBMISSIONS_DIR/<student>.ipynb``. Output:
+
+* ``OUT/<student>/`` (one notebook) or ``OUT/<student>/<notebook>/`` (several):
+  results.json, report.html, the executed notebook, and ``.record.json``, what
+  the batch knows of that grading (the content hash it was made from);
+* ``OUT/gradebook.csv``: one row per notebook — the score, each function's
+  points, a ``status`` saying whether it was graded and, if not, why. What was not
+  graded is blank, never 0, so an imported score column gives no one a zero for
+  work that could not be read;
+* ``OUT/course.csv``: one row per student, one column per exercise (the score;
+  blank where there is no graded notebook).
+
+Resumable: a notebook whose content hash (its bytes, the grading options and the
+grader's version) matches its record is not graded again. Records are written
+atomically, only when a grading has ended, so a batch killed at any moment and
+started again grades exactly what is missing or changed.
+
+Where: here (``--jobs`` processes at once) or on a Dask distributed cluster
+(``--scheduler ADDRESS`` or ``local``), one task per notebook (:func:`grade_remote`).
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import os
+import signal
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+import tempfile
+import threading
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from grader._version import __version__
 from grader.errors import UsageError
+from grader.progress import Progress
 from grader.submit import SubmitOptions
 
-__all__ = ["grade_batch"]
+__all__ = ["Item", "Row", "grade_batch", "grade_remote", "write_course_sheet", "write_gradebook"]
+
+#: Seconds a ``grade submit`` may overrun its own budget before the batch kills it: one kernel start
+#: and one interrupt grace are already inside ``--timeout``; 120 s more covers a grader stalled by swap.
+OVERRUN = 120.0
+
+#: Longest error text kept in the gradebook: one line, enough for the reason, not for a flood.
+ERROR_CHARS = 300
+
+RECORD = ".record.json"
+
+#: gradebook ``status`` values; only the first two carry a score.
+GRADED, FULL_MARKS = "graded", "full marks"
+UNGRADABLE, TIMED_OUT, FAILED, PENDING = "not gradable", "timed out", "grader failed", "not graded yet"
+
+
+@dataclass
+class Item:
+    """One notebook to grade: whose, where, where its feedback goes."""
+
+    student: str
+    path: Path
+    key: str  # "alice" or "alice/q_sampler": the feedback folder under OUT
+    exercise: str | None = None  # passed as --exercise
 
 
 @dataclass
 class Row:
-    student: str
-    status: int
-    results: dict | None
-    error: str
+    """What the batch knows about one item."""
+
+    item: Item
+    status: str
+    results: dict | None = None
+    error: str = ""
+    exit: int | None = None
+    kept: bool = False  # taken from an earlier run's record
+
+    @property
+    def graded(self) -> bool:
+        return self.status in (GRADED, FULL_MARKS) and self.results is not None
 
 
-def _entries(folder: Path) -> list[tuple[str, Path]]:
+# ----------------------------------------------------------------------------------------- what to grade
+
+def _notebooks(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.ipynb") if not p.name.endswith(".executed.ipynb")
+                  and not p.name.startswith("."))
+
+
+def _stamped_exercise(path: Path) -> str | None:
+    try:
+        grader_meta = json.loads(path.read_bytes()).get("metadata", {}).get("grader", {})
+        name = grader_meta.get("exercise") if isinstance(grader_meta, dict) else None
+        return name if isinstance(name, str) and name else None
+    except Exception:  # noqa: BLE001 -- unreadable: grade submit says why
+        return None
+
+
+def find_items(folder: Path, exercise: str | None = None) -> list[Item]:
+    """Every notebook under ``folder``: one per ``<student>.ipynb``, one per notebook in ``<student>/``."""
+    from grader.exercises import exercise_names
+
     if not folder.is_dir():
         raise UsageError(f"{folder} is not a folder of submissions")
-    entries = []
+    known = set(exercise_names())
+    items: list[Item] = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
             continue
-        if path.is_dir() or path.suffix == ".ipynb":
-            entries.append((path.stem if path.is_file() else path.name, path))
-    if not entries:
+        if path.is_file() and path.suffix == ".ipynb":
+            items.append(Item(path.stem, path, path.stem, exercise))
+        elif path.is_dir():
+            notebooks = _notebooks(path)
+            if len(notebooks) <= 1:  # none: grade submit says so, in this student's row
+                items.append(Item(path.name, notebooks[0] if notebooks else path, path.name, exercise))
+                continue
+            for notebook in notebooks:
+                # A course folder: the notebook's stem names its exercise when its metadata was lost.
+                name = exercise or (None if _stamped_exercise(notebook) else
+                                    notebook.stem if notebook.stem in known else None)
+                items.append(Item(path.name, notebook, f"{path.name}/{notebook.stem}", name))
+    if not items:
         raise UsageError(f"{folder} holds no submissions (folders or .ipynb files)")
-    return entries
+    return items
 
 
-def _command(path: Path, out: Path, options: SubmitOptions, exercise: str | None) -> list[str]:
+def content_hash(item: Item, options: SubmitOptions) -> str:
+    """What a grading depends on: the notebook's bytes, every grading option, the grader's version."""
+    digest = hashlib.sha256()
+    try:
+        digest.update(item.path.read_bytes() if item.path.is_file() else b"<folder without a notebook>")
+    except OSError as exc:
+        digest.update(f"<unreadable: {exc.strerror}>".encode())
     limits = options.limits
-    command = [sys.executable, "-m", "grader", "submit", str(path), "--out", str(out), "--json",
+    digest.update(json.dumps([__version__, item.exercise, options.seed, options.device, options.timeout,
+                              limits.cell_timeout, limits.call_timeout, limits.memory_bytes, limits.threads]).encode())
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------------------- one grading
+
+def submit_command(path: Path, out: Path, options: SubmitOptions, exercise: str | None) -> list[str]:
+    limits = options.limits
+    command = [sys.executable, "-m", "grader", "submit", str(path), "--out", str(out),
                "--seed", str(options.seed), "--device", options.device, "--timeout", str(options.timeout),
                "--cell-timeout", str(limits.cell_timeout), "--call-timeout", str(limits.call_timeout),
                "--memory-limit", str(limits.memory_bytes), "--threads", str(limits.threads or 1)]
@@ -57,58 +155,326 @@ def _command(path: Path, out: Path, options: SubmitOptions, exercise: str | None
     return command
 
 
-def _grade_one(student: str, path: Path, out: Path, options: SubmitOptions, exercise: str | None) -> Row:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the grader's own process: small tensors
+def _die_with_parent() -> None:  # pragma: no cover -- runs in the child, between fork and exec
+    """Linux: SIGKILL this grader when the batch dies, so a killed batch leaves no grading behind."""
     try:
-        done = subprocess.run(_command(path, out / student, options, exercise), capture_output=True,
-                              text=True, env=env, timeout=options.timeout + 120)
-    except subprocess.TimeoutExpired:
-        return Row(student, 2, None, f"grading took longer than {options.timeout + 120:.0f} s")
-    if done.returncode in (0, 1):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 -- not Linux: the grader's own deadline still ends it
+        pass
+
+
+def one_line(text: str) -> str:
+    """Any bytes a submission may have put in a message, as one printable line of bounded length."""
+    flat = " ".join("".join(c if c.isprintable() else " " for c in line).strip() for line in text.splitlines())
+    return flat[:ERROR_CHARS] + ("…" if len(flat) > ERROR_CHARS else "")
+
+
+_RUNNING: set[subprocess.Popen] = set()
+_RUNNING_LOCK = threading.Lock()
+
+
+def stop_running() -> None:
+    """SIGTERM every ``grade submit`` this process started (each cleans up its kernel), then SIGKILL."""
+    with _RUNNING_LOCK:
+        running = list(_RUNNING)
+    for process in running:
+        process.terminate()
+    for process in running:
         try:
-            return Row(student, done.returncode, json.loads(done.stdout), "")
-        except json.JSONDecodeError:
-            return Row(student, 2, None, "the grader's output could not be read")
-    lines = [line for line in done.stderr.splitlines() if line.startswith("grade:")]
-    return Row(student, done.returncode, None, lines[-1] if lines else f"exit status {done.returncode}")
+            process.wait(10)  # one kernel's clean-up: an interrupt grace and a kill
+        except subprocess.TimeoutExpired:
+            process.kill()
 
 
-def _write_gradebook(rows: list[Row], path: Path) -> None:
+def run_submit(command: list[str], timeout: float) -> tuple[int | None, str]:
+    """Run ``grade submit``; ``(exit status, why it could not grade)``; exit None when it was killed for time."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the grader's own process: small tensors
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env=env, preexec_fn=_die_with_parent if os.name == "posix" else None)
+    with _RUNNING_LOCK:
+        _RUNNING.add(process)
+    try:
+        _, raw = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.communicate()
+        return None, f"grading took longer than {timeout:.0f} s and was stopped"
+    finally:
+        with _RUNNING_LOCK:
+            _RUNNING.discard(process)
+    stderr = raw.decode("utf-8", errors="replace")
+    lines = [line for line in stderr.splitlines() if line.startswith("grade:")]
+    if process.returncode in (0, 1):
+        return process.returncode, ""
+    return process.returncode, one_line(lines[-1]) if lines else f"the grader ended with exit status {process.returncode}"
+
+
+def _read_results(folder: Path) -> dict | None:
+    try:
+        results = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        float(results["score"]), float(results["extra_data"]["max_score"])
+        return results if isinstance(results.get("tests"), list) else None
+    except Exception:  # noqa: BLE001 -- missing or malformed: the row says the grader failed
+        return None
+
+
+def _row_from(item: Item, exit_status: int | None, error: str, results: dict | None) -> Row:
+    if exit_status is None:
+        return Row(item, TIMED_OUT, None, error, None)
+    if exit_status in (0, 1):
+        if results is None:
+            return Row(item, FAILED, None, "the grader ended but its results.json could not be read", exit_status)
+        return Row(item, FULL_MARKS if exit_status == 0 else GRADED, results, "", exit_status)
+    if exit_status == 2 and error.startswith("grade: error:"):
+        return Row(item, UNGRADABLE, None, error.removeprefix("grade: error:").strip(), exit_status)
+    return Row(item, FAILED, None, error, exit_status)
+
+
+def grade_local(item: Item, out: Path, options: SubmitOptions) -> Row:
+    folder = out / item.key
+    folder.mkdir(parents=True, exist_ok=True)
+    exit_status, error = run_submit(submit_command(item.path, folder, options, item.exercise),
+                                    options.timeout + OVERRUN)
+    return _row_from(item, exit_status, error, _read_results(folder) if exit_status in (0, 1) else None)
+
+
+def grade_remote(notebook: bytes, name: str, parent: str, options: SubmitOptions, exercise: str | None) -> dict:
+    """A Dask task: grade one notebook's bytes in a fresh ``grade submit`` on this worker; its outputs as bytes.
+
+    The notebook travels as bytes and the feedback comes back as bytes, so the workers
+    need no file system shared with the client. It is staged as ``<parent>/<name>`` so
+    that an unstamped notebook is named after its folder, as on the client.
+    """
+    with tempfile.TemporaryDirectory(prefix="grade-task-") as tmp:
+        folder = Path(tmp) / "in" / (parent or "submission")
+        folder.mkdir(parents=True)
+        path = folder / name
+        path.write_bytes(notebook)
+        feedback = Path(tmp) / "feedback"
+        exit_status, error = run_submit(submit_command(path, feedback, options, exercise), options.timeout + OVERRUN)
+        files = {p.name: p.read_bytes() for p in feedback.glob("*") if p.is_file()} if feedback.is_dir() else {}
+    return {"exit": exit_status, "error": error, "files": files}
+
+
+def _safe_name(name: str) -> str | None:
+    return name if name and "/" not in name and "\\" not in name and name not in (".", "..") else None
+
+
+def _row_from_remote(item: Item, out: Path, outcome: dict) -> Row:
+    folder = out / item.key
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, data in outcome.get("files", {}).items():
+        if _safe_name(name):
+            _atomic_write(folder / name, data)
+    exit_status = outcome.get("exit")
+    return _row_from(item, exit_status, outcome.get("error", ""),
+                     _read_results(folder) if exit_status in (0, 1) else None)
+
+
+# ----------------------------------------------------------------------------------------- records
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _save_record(out: Path, row: Row, digest: str) -> None:
+    record = {"hash": digest, "status": row.status, "exit": row.exit, "error": row.error, "results": row.results}
+    _atomic_write(out / row.item.key / RECORD, json.dumps(record, ensure_ascii=False).encode())
+
+
+def _load_record(out: Path, item: Item, digest: str) -> Row | None:
+    try:
+        record = json.loads((out / item.key / RECORD).read_text(encoding="utf-8"))
+        if record["hash"] != digest:
+            return None
+        return Row(item, record["status"], record.get("results"), record.get("error", ""), record.get("exit"), True)
+    except Exception:  # noqa: BLE001 -- no record, or a damaged one: grade again
+        return None
+
+
+# ----------------------------------------------------------------------------------------- sheets
+
+#: A cell a spreadsheet would run as a formula (CSV injection): shown as text with a leading apostrophe.
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def _text(value: str) -> str:
+    value = one_line(value) if value else ""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:g}"
+
+
+def _per_function(results: dict) -> dict[str, float]:
+    points: dict[str, float] = {}
+    for test in results.get("tests", []):
+        name = (test.get("extra_data") or {}).get("function")
+        if isinstance(name, str) and name:
+            points[name] = points.get(name, 0.0) + float(test.get("score", 0.0))
+    return points
+
+
+def write_gradebook(rows: list[Row], path: Path) -> None:
+    """One row per notebook: score, points per function, status, why not graded. Blank, never 0, when not graded."""
     functions: list[str] = []
     for row in rows:
-        for test in (row.results or {}).get("tests", []):
-            name = test["extra_data"].get("function")
-            if name and name not in functions:
+        for name in _per_function(row.results or {}) if row.graded else ():
+            if name not in functions:
                 functions.append(name)
-    with path.open("w", newline="", encoding="utf-8") as f:
-        writer = csv.writer(f)
-        writer.writerow(["student", "exercise", "score", "max_score", "status", *functions, "error"])
-        for row in rows:
-            results = row.results or {}
-            per_function = {name: 0.0 for name in functions}
-            for test in results.get("tests", []):
-                name = test["extra_data"].get("function")
-                if name:
-                    per_function[name] += test["score"]
-            status = {0: "full marks", 1: "graded"}.get(row.status, "not graded")
-            writer.writerow([row.student, results.get("extra_data", {}).get("exercise", ""), results.get("score", 0),
-                             results.get("extra_data", {}).get("max_score", ""), status,
-                             *(f"{per_function[name]:g}" for name in functions), row.error])
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["student", "notebook", "exercise", "score", "max_score", "status", *functions, "error"])
+    for row in rows:
+        results = row.results if row.graded else None
+        extra = (results or {}).get("extra_data", {})
+        per_function = _per_function(results) if results else {}
+        writer.writerow([_text(row.item.student), _text(row.item.path.name), _text(extra.get("exercise", "")),
+                         _number(results["score"]) if results else "", _number(extra.get("max_score")),
+                         row.status, *(_number(per_function.get(name)) for name in functions), _text(row.error)])
+    _atomic_write(path, buffer.getvalue().encode("utf-8"))
+
+
+def write_course_sheet(rows: list[Row], path: Path) -> None:
+    """One row per student, one column per exercise: the score, blank where nothing was graded."""
+    from grader.exercises import exercise_names
+
+    order = {name: i for i, name in enumerate(exercise_names())}
+    scores: dict[str, dict[str, list[float]]] = {}
+    for row in rows:
+        scores.setdefault(row.item.student, {})
+        if row.graded:
+            exercise = row.results["extra_data"]["exercise"]
+            scores[row.item.student].setdefault(exercise, []).append(float(row.results["score"]))
+    exercises = sorted({e for s in scores.values() for e in s}, key=lambda e: (order.get(e, len(order)), e))
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["student", *exercises, "notes"])
+    for student, by_exercise in scores.items():
+        notes = [f"{e}: {len(v)} graded notebooks, cell left blank" for e, v in by_exercise.items() if len(v) > 1]
+        cells = [_number(by_exercise[e][0]) if len(by_exercise.get(e, ())) == 1 else "" for e in exercises]
+        writer.writerow([_text(student), *cells, "; ".join(notes)])
+    _atomic_write(path, buffer.getvalue().encode("utf-8"))
+
+
+# ----------------------------------------------------------------------------------------- the batch
+
+def _outcome(row: Row) -> str:
+    if row.graded:
+        return f"{row.results['score']:g}/{row.results['extra_data']['max_score']:g}" + (" (kept)" if row.kept else "")
+    return f"{row.status}" + (f": {row.error}" if row.error else "")
+
+
+def _run_local(todo: list[tuple[Item, str]], out: Path, options: SubmitOptions, jobs: int, finish) -> None:
+    pool = ThreadPoolExecutor(max_workers=jobs)
+    running = {pool.submit(grade_local, item, out, options): (item, digest) for item, digest in todo}
+    try:
+        while running:
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                item, digest = running.pop(future)
+                finish(future.result(), digest)
+    except BaseException:  # interrupted: nothing half-done is recorded, so a rerun grades it again
+        pool.shutdown(wait=False, cancel_futures=True)
+        stop_running()
+        raise
+    pool.shutdown()
+
+
+def _run_dask(todo: list[tuple[Item, str]], out: Path, options: SubmitOptions, scheduler: str, jobs: int,
+              finish) -> None:
+    try:
+        from distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise UsageError("--scheduler needs Dask distributed: pip install distributed") from None
+    cluster = None
+    try:
+        if scheduler == "local":
+            cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
+            client = Client(cluster)
+        else:
+            client = Client(scheduler, timeout="30s")
+    except OSError as exc:
+        raise UsageError(f"cannot reach the Dask scheduler at {scheduler}: {exc}") from None
+    try:
+        futures = {}
+        for item, digest in todo:
+            data = item.path.read_bytes() if item.path.is_file() else b""
+            if not item.path.is_file():  # a folder without a notebook: nothing to send, say so here
+                finish(Row(item, UNGRADABLE, None, f"{item.path} holds no notebook (.ipynb)", 2), digest)
+                continue
+            # retries: an exception in the task (a worker's disk full, a lost connection) is tried again;
+            # a worker that dies is handled by the scheduler itself, which reruns its tasks elsewhere.
+            future = client.submit(grade_remote, data, item.path.name, item.path.parent.name, options, item.exercise,
+                                   key=f"grade-{item.key}-{digest[:16]}", pure=False, retries=2)
+            futures[future] = (item, digest)
+        for future in as_completed(list(futures)):
+            item, digest = futures[future]
+            try:
+                row = _row_from_remote(item, out, future.result())
+            except Exception as exc:  # noqa: BLE001 -- e.g. KilledWorker after repeated worker deaths
+                row = Row(item, FAILED, None, one_line(f"the cluster could not grade it: {type(exc).__name__}: {exc}"))
+            finish(row, digest)
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
 
 
 def grade_batch(submissions: Path, out: Path | None, *, jobs: int | None, exercise: str | None,
-                options: SubmitOptions) -> int:
-    """Grade every submission; 0 when every one could be graded, 1 otherwise."""
-    entries = _entries(submissions)
-    out = out or submissions.resolve().parent / "gradebook"
+                options: SubmitOptions, scheduler: str | None = None, regrade: bool = False,
+                progress: bool | None = None) -> int:
+    """Grade every notebook under ``submissions``; 0 when every one was graded, 1 otherwise (see grader.cli)."""
+    items = find_items(submissions, exercise)
+    out = (out or submissions.resolve().parent / "gradebook").resolve()
     out.mkdir(parents=True, exist_ok=True)
     jobs = max(1, jobs or (os.cpu_count() or 2) // 2)
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        rows = list(pool.map(lambda e: _grade_one(e[0], e[1], out, options, exercise), entries))
-    _write_gradebook(rows, out / "gradebook.csv")
-    for row in rows:
-        score = f"{row.results['score']:g}/{row.results['extra_data']['max_score']:g}" if row.results else "—"
-        print(f"{row.student:24s} {score:>9s}  {row.error}")
-    ungraded = [r for r in rows if r.results is None]
-    print(f"{len(rows) - len(ungraded)} of {len(rows)} submissions graded; gradebook: {out / 'gradebook.csv'}")
-    return 1 if ungraded else 0
+    rows: dict[str, Row] = {}
+    todo: list[tuple[Item, str]] = []
+    for item in items:
+        digest = content_hash(item, options)
+        kept = None if regrade else _load_record(out, item, digest)
+        if kept is not None:
+            rows[item.key] = kept
+        else:
+            rows[item.key] = Row(item, PENDING)
+            todo.append((item, digest))
+    bar = Progress(len(items), len(items) - len(todo), bar=progress)
+    if len(todo) < len(items):
+        print(f"{len(items) - len(todo)} of {len(items)} notebooks unchanged since they were graded: kept",
+              file=sys.stderr)
+    lock = threading.Lock()
+
+    def finish(row: Row, digest: str) -> None:
+        with lock:
+            _save_record(out, row, digest)
+            rows[row.item.key] = row
+            bar.advance(row.item.key, _outcome(row))
+            write_gradebook(list(rows.values()), out / "gradebook.csv")  # streamed: a crash keeps what was done
+
+    try:
+        if scheduler:
+            _run_dask(todo, out, options, scheduler, jobs, finish)
+        else:
+            _run_local(todo, out, options, jobs, finish)
+    finally:
+        bar.close()
+        final = list(rows.values())
+        write_gradebook(final, out / "gradebook.csv")
+        write_course_sheet(final, out / "course.csv")
+    not_graded = [r for r in final if not r.graded]
+    for row in not_graded:
+        print(f"not graded: {row.item.key}: {_outcome(row)}")
+    print(f"{len(final) - len(not_graded)} of {len(final)} submissions graded; gradebook: {out / 'gradebook.csv'}, "
+          f"course sheet: {out / 'course.csv'}")
+    return 1 if not_graded else 0

@@ -3,7 +3,14 @@
 Exit status: 0 when every test passed (or the command succeeded), 1 when grading
 completed below full marks (or below ``--min-score`` with ``--ci``), 2 when the
 input could not be graded or the command could not run, with one line on
-standard error saying why. Never a traceback of the grader's own.
+standard error saying why; 130 when interrupted (Ctrl-C, SIGTERM). Never a
+traceback of the grader's own.
+
+``grade batch``: 0 when every notebook was graded (whatever its score), 1 when at
+least one could not be (its gradebook row says why: not gradable, timed out,
+grader failed), 2 when the batch itself could not run (no such folder, no
+submissions, an unreachable Dask scheduler), 130 when interrupted — what was
+graded is kept, and the same command started again grades only the rest.
 """
 
 from __future__ import annotations
@@ -85,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--out", type=Path, default=None, help="output folder (default: SUBMISSIONS_DIR/../gradebook)")
     batch.add_argument("--jobs", type=int, default=None, help="submissions graded at once (default: CPU cores / 2)")
     batch.add_argument("--exercise", default=None, help="grade every notebook as this exercise")
+    batch.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                       help="grade on a Dask distributed cluster: its scheduler's address (tcp://host:8786), "
+                            "or 'local' for a LocalCluster of --jobs workers")
+    batch.add_argument("--regrade", action="store_true",
+                       help="grade everything again (default: keep gradings whose notebook and options are unchanged)")
+    batch.add_argument("--progress", choices=["auto", "bar", "lines"], default="auto",
+                       help="a bar (a terminal), one line per notebook (logs, CI), or auto (default)")
     _add_grading_options(batch)
 
     commands.add_parser("list", help="list the exercises the grader knows")
@@ -147,7 +161,8 @@ def _batch(args: argparse.Namespace) -> int:
     from grader.batch import grade_batch
 
     return grade_batch(args.submissions, args.out, jobs=args.jobs, exercise=args.exercise,
-                       options=_options(args, None))
+                       options=_options(args, None), scheduler=args.scheduler, regrade=args.regrade,
+                       progress={"auto": None, "bar": True, "lines": False}[args.progress])
 
 
 def _list(args: argparse.Namespace) -> int:
