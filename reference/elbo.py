@@ -17,19 +17,27 @@ Results have the data's dtype and device; schedule constants are float64 (see
 The two ``exact_gaussian_*`` functions at the end are analytic oracles, not
 curriculum functions: for Gaussian data and its optimal ε-model the reverse
 chain is linear, so both the model's exact likelihood of discretised data and the
-expectation of :func:`elbo_bpd` have closed forms.
+expectation of :func:`elbo_bpd` have closed forms. :class:`ElboLaw` goes further:
+the whole law of one estimate (its cumulant generating function), from which
+:func:`chernoff_deviation` gives thresholds at a guaranteed level for the mean of
+many estimates. improved-diffusion's tanh approximation of the normal CDF
+(:func:`tanh_normal_cdf`) is the other accepted decoder; every function that sees
+the decoder takes its CDF by name, "erf" (exact) or "tanh" (:data:`NORMAL_CDFS`).
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from scipy import optimize, special
 
 from reference._broadcast import extract
 from reference.parametrization import predict_x0_from_eps
 from reference.q_sampler import compute_alphas_cumprod, posterior_coefficients, q_posterior, q_sample
+from reference.toy import GaussianData
 
 __all__ = [
     "normal_kl",
@@ -40,6 +48,14 @@ __all__ = [
     # Analytic oracles for Gaussian data (not curriculum functions).
     "exact_gaussian_nll_bpd",
     "exact_gaussian_elbo_bpd",
+    # improved-diffusion's approximate normal CDF, and the exact law of one elbo_bpd estimate.
+    "NORMAL_CDFS",
+    "tanh_normal_cdf",
+    "discretized_gaussian_log_likelihood_with",
+    "vlb_term_bpd_with",
+    "ElboLaw",
+    "chernoff_deviation",
+    "normal_p_value",
 ]
 
 LN2 = math.log(2.0)
@@ -177,9 +193,14 @@ def vlb_term_bpd(
     Returns:
         ``(B,)`` bits/dim, in ``model_mean``'s dtype and device.
     """
+    return _vlb_term_bpd(model_mean, model_log_variance, x0, xt, t, betas, discretized_gaussian_log_likelihood)
+
+
+def _vlb_term_bpd(model_mean, model_log_variance, x0, xt, t, betas, log_likelihood: Callable) -> torch.Tensor:
+    """:func:`vlb_term_bpd` with the decoder's ``log_likelihood(x, mean, log_scale)``."""
     true_mean, _, true_log_variance = q_posterior(x0, xt, t, betas)
     kl = normal_kl(true_mean, true_log_variance, model_mean, model_log_variance)
-    decoder_nll = -discretized_gaussian_log_likelihood(x0, model_mean, 0.5 * model_log_variance)
+    decoder_nll = -log_likelihood(x0, model_mean, 0.5 * model_log_variance)
     kl_bpd = _mean_flat(kl.expand_as(model_mean)) / LN2
     decoder_bpd = _mean_flat(decoder_nll.expand_as(model_mean)) / LN2
     is_decoder = torch.as_tensor(t, device=kl_bpd.device) == 0
@@ -341,3 +362,217 @@ def exact_gaussian_elbo_bpd(data, x0: torch.Tensor, betas: torch.Tensor, n_nodes
     log_p = discretized_gaussian_log_likelihood(x, decoder_mean, 0.5 * chain["log_variance"][0])
     decoder = -(weights.reshape(nodes.shape) * log_p).sum(0)
     return (_mean_flat(prior + kl + decoder) / LN2).to(x0.dtype)
+
+
+# --------------------------------------------------------------------------------------------
+# improved-diffusion's tanh approximation of the normal CDF, the second accepted decoder.
+# --------------------------------------------------------------------------------------------
+
+
+def tanh_normal_cdf(z: torch.Tensor) -> torch.Tensor:
+    """improved-diffusion's ``approx_standard_normal_cdf``: 0.5·(1 + tanh(√(2/π)·(z + 0.044715·z³))).
+
+    Within 1.79e-4 of Φ everywhere (the largest error is at z ≈ ±2.59; tests/reference/test_elbo.py).
+    """
+    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z**3)))
+
+
+def _tanh_discretized_gaussian_log_likelihood(x, mean, log_scale):
+    """improved-diffusion's ``losses.discretized_gaussian_log_likelihood`` (its tanh CDF), restated."""
+    centered = x - mean
+    inv_scale = torch.exp(-log_scale)
+    cdf_plus = tanh_normal_cdf(inv_scale * (centered + BIN_HALF_WIDTH))
+    cdf_min = tanh_normal_cdf(inv_scale * (centered - BIN_HALF_WIDTH))
+    return torch.where(
+        x < -EDGE,
+        torch.log(cdf_plus.clamp(min=PROB_FLOOR)),
+        torch.where(x > EDGE, torch.log((1 - cdf_min).clamp(min=PROB_FLOOR)),
+                    torch.log((cdf_plus - cdf_min).clamp(min=PROB_FLOOR))),
+    )
+
+
+NORMAL_CDFS = ("erf", "tanh")
+"""The decoder's accepted normal CDFs, by name: the exact one and improved-diffusion's tanh approximation."""
+
+
+def discretized_gaussian_log_likelihood_with(cdf: str) -> Callable:
+    """:func:`discretized_gaussian_log_likelihood` with the normal CDF named ``cdf`` (one of :data:`NORMAL_CDFS`)."""
+    if cdf not in NORMAL_CDFS:
+        raise ValueError(f"unknown normal CDF {cdf!r}; expected one of {NORMAL_CDFS}")
+    return discretized_gaussian_log_likelihood if cdf == "erf" else _tanh_discretized_gaussian_log_likelihood
+
+
+def vlb_term_bpd_with(cdf: str) -> Callable:
+    """:func:`vlb_term_bpd` whose decoder uses the normal CDF named ``cdf`` (one of :data:`NORMAL_CDFS`)."""
+    log_likelihood = discretized_gaussian_log_likelihood_with(cdf)
+
+    def vlb_term_bpd(model_mean, model_log_variance, x0, xt, t, betas):
+        return _vlb_term_bpd(model_mean, model_log_variance, x0, xt, t, betas, log_likelihood)
+
+    return vlb_term_bpd
+
+
+# --------------------------------------------------------------------------------------------
+# The exact law of one elbo_bpd estimate, for Gaussian data and its optimal ε-model, and
+# thresholds at a guaranteed level for the mean of many estimates.
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ElboLaw:
+    """The law of one :func:`elbo_bpd` estimate per row of x₀, for Gaussian data N(μ, diag(s²)) and its optimal ε-model.
+
+    With the optimal (affine) denoiser x̂₀(x_t) = A_t x_t + B_t (:func:`_gaussian_chain`), each term of one estimate is
+
+        L_T = KL(N(√ᾱ_{T−1} x₀, 1 − ᾱ_{T−1}) ‖ N(0, 1))                     deterministic,
+        L_t = w_t (m_t + s_t ε_t)²,  t ≥ 1,                                 a scaled noncentral χ²₁,
+              w_t = coef1_t² / (2 β̃_t),  m_t = (1 − A_t √ᾱ_t) x₀ − B_t,  s_t = A_t √(1 − ᾱ_t),
+        L_0 = −log P(x₀ | A_0 (√ᾱ_0 x₀ + √(1 − ᾱ_0) ε_0) + B_0, ½ log β̃₁)      a smooth function of ε_0,
+
+    per coordinate, with independent ε's, drawn in any order (the model's variance is the posterior's, so
+    each KL is the squared mean difference over 2β̃_t). One estimate is their per-dim mean over D
+    coordinates, / ln 2. Its cumulant generating function K(λ) = log E[exp(λ X)] is therefore exact for
+    the KL terms,
+
+        log E[exp(κ w (m + s ε)²)] = −½ log(1 − 2κ w s²) + κ w m² / (1 − 2κ w s²),   2κ w s² < 1,
+
+    and a 1-D Gauss–Hermite integral with ``n_nodes`` nodes for the decoder (bounded by −log 1e-12 per
+    coordinate). ``cdf`` names the decoder's normal CDF (:data:`NORMAL_CDFS`). Everything is float64, on
+    ``rows``' device.
+
+    Args:
+        mean, var: the data's μ and s², of shape ``D`` (any shape with D elements).
+        rows: ``(R, *D)`` 8-bit x₀, one law per row.
+        betas: ``(T,)`` β, T ≥ 2.
+    """
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    rows: torch.Tensor
+    betas: torch.Tensor
+    cdf: str = "erf"
+    n_nodes: int = 96
+
+    def __post_init__(self) -> None:
+        f64 = dict(dtype=torch.float64, device=self.rows.device)
+        mu, s2, x = self.mean.to(**f64).flatten(), self.var.to(**f64).flatten(), self.rows.to(**f64)
+        x = x.reshape(x.shape[0], -1)  # (R, D)
+        betas = self.betas.to(**f64)
+        c = posterior_coefficients(betas)
+        alpha_bar = compute_alphas_cumprod(betas)[:, None]  # (T, 1)
+        a, n = alpha_bar.sqrt(), 1 - alpha_bar
+        V = alpha_bar * s2 + n
+        A, B = a * s2 / V, n * mu / V  # (T, D)
+        coef1, variance = c["posterior_mean_coef1"][:, None], c["posterior_variance"][:, None]
+        self.D = x.shape[1]
+        self.w = (coef1[1:] ** 2 / (2 * variance[1:])).expand(-1, self.D)  # (T−1, D)
+        self.m = (1 - A[1:] * a[1:])[None] * x[:, None] - B[1:][None]  # (R, T−1, D)
+        self.s = A[1:] * n[1:].sqrt()  # (T−1, D)
+        T = betas.shape[0]
+        self.prior = normal_kl(a[T - 1] * x, torch.log(n[T - 1]).expand_as(x), 0.0, 0.0).sum(1)  # (R,) nats
+        nodes, self.weights = _hermite_nodes(self.n_nodes, x)
+        decoder_mean = A[0] * (a[0] * x[None] + n[0].sqrt() * nodes[:, None, None]) + B[0]  # (nodes, R, D)
+        log_scale = 0.5 * c["posterior_log_variance_clipped"][0]
+        log_likelihood = discretized_gaussian_log_likelihood_with(self.cdf)
+        self.decoder = -log_likelihood(x[None].expand_as(decoder_mean), decoder_mean, log_scale)  # nats
+        self.scale = 1 / (self.D * LN2)  # nats summed over coordinates → bits/dim
+        self.lam_max = 0.999 / (2 * self.scale * float((self.w * self.s**2).max()))
+
+    def expectation(self) -> torch.Tensor:
+        """``(R,)`` E[X] in bits/dim."""
+        kl = (self.w * (self.m**2 + self.s**2)).sum((1, 2))
+        decoder = (self.weights[:, None, None] * self.decoder).sum(0).sum(1)
+        return (self.prior + kl + decoder) * self.scale
+
+    def variance(self) -> torch.Tensor:
+        """``(R,)`` Var[X] in (bits/dim)²."""
+        kl = (self.w**2 * (2 * self.s**4 + 4 * self.m**2 * self.s**2)).sum((1, 2))
+        first = (self.weights[:, None, None] * self.decoder).sum(0)
+        second = (self.weights[:, None, None] * self.decoder**2).sum(0)
+        return (kl + (second - first**2).sum(1)) * self.scale**2
+
+    def cgf(self, lam: float) -> torch.Tensor:
+        """``(R,)`` log E[exp(λ X)], for λ < lam_max."""
+        k = lam * self.scale
+        one = 1 - 2 * k * self.w * self.s**2
+        kl = (-0.5 * torch.log(one) + k * self.w * self.m**2 / one).sum((1, 2))
+        decoder = torch.logsumexp(torch.log(self.weights)[:, None, None] + k * self.decoder, dim=0).sum(1)
+        return k * self.prior + kl + decoder
+
+    def nll_bpd(self) -> torch.Tensor:
+        """``(R,)`` −log p_θ(x₀)/(D ln 2) of the model whose ELBO this law describes, with its decoder's CDF.
+
+        The reverse chain from N(0, I) keeps each coordinate Gaussian, N(m, v) with m ← M_t m + c_t,
+        v ← M_t² v + β̃_t for t = T−1, …, 1 (:func:`exact_gaussian_nll_bpd`). The decoder's mean at t = 0
+        is M_0 x + c_0, so p_θ(x₀) = E_{m'~N(M_0 m + c_0, M_0² v)} P(x₀ | m', ½ log β̃₁): for the erf CDF a
+        bin of the convolved Gaussian, for the tanh CDF a Gauss–Hermite integral over m'.
+        """
+        f64 = dict(dtype=torch.float64, device=self.rows.device)
+        mean, var = self.mean.to(**f64).flatten(), self.var.to(**f64).flatten()
+        x = self.rows.to(**f64).reshape(self.rows.shape[0], -1)
+        betas = self.betas.to(**f64)
+        if self.cdf == "erf":
+            return exact_gaussian_nll_bpd(GaussianData(mean, var), x, betas)
+        c = posterior_coefficients(betas)
+        alpha_bar = compute_alphas_cumprod(betas)[:, None]
+        a, n = alpha_bar.sqrt(), 1 - alpha_bar
+        V = alpha_bar * var + n
+        A, B = a * var / V, n * mean / V
+        M = c["posterior_mean_coef1"][:, None] * A + c["posterior_mean_coef2"][:, None]
+        cc = c["posterior_mean_coef1"][:, None] * B
+        m, v = torch.zeros(self.D, **f64), torch.ones(self.D, **f64)
+        for t in range(betas.shape[0] - 1, 0, -1):
+            m = M[t] * m + cc[t]
+            v = M[t] ** 2 * v + c["posterior_variance"][t]
+        nodes, weights = _hermite_nodes(self.n_nodes, x)
+        decoder_mean = (M[0] * m + cc[0]) + M[0] * v.sqrt() * nodes[:, None, None]  # (nodes, 1, D)
+        log_scale = 0.5 * c["posterior_log_variance_clipped"][0]
+        log_likelihood = discretized_gaussian_log_likelihood_with(self.cdf)
+        p = (weights[:, None, None] * log_likelihood(x[None].expand(len(nodes), -1, -1), decoder_mean, log_scale).exp()).sum(0)
+        return -_mean_flat(torch.log(p.clamp(min=1e-300))) / LN2
+
+
+def chernoff_deviation(law: ElboLaw, counts: torch.Tensor, level: float, upper: bool) -> float:
+    """The a with P(±(X̄ − E X̄) ≥ a) ≤ level for the mean X̄ of ``counts[r]`` independent estimates of row r.
+
+    Chernoff: P(S − ES ≥ Na) ≤ exp(−sup_λ [λNa − K_S(λ)]) for the sum S of the N estimates, with
+    K_S(λ) = Σ_r counts_r (K_r(λ) − λ E X_r) the centred cumulant generating function; the supremum is
+    taken over λ ∈ (0, λ_max) (upper tail; the noncentral χ² terms need 2κws² < 1) or over the negated
+    λ (lower tail). Restricting λ only weakens the bound, so the threshold stays valid.
+    """
+    counts = counts.to(torch.float64)
+    N = float(counts.sum())
+    mu = float((counts * law.expectation()).sum())
+    sign = 1.0 if upper else -1.0
+    sd = float((counts * law.variance()).sum().sqrt())  # of S
+    # λ beyond ~60/sd would be for deviations ≫ 60 standard deviations: never needed at level ≥ 1e-300.
+    lam_high = min(law.lam_max, 60.0 / sd) if upper else 60.0 / sd
+
+    def centred(lam: float) -> float:
+        return float((counts * law.cgf(sign * lam)).sum()) - sign * lam * mu
+
+    def rate(a: float) -> float:
+        result = optimize.minimize_scalar(lambda u: -(u * lam_high * a * N - centred(u * lam_high)),
+                                          bounds=(0.0, 1.0), method="bounded", options={"xatol": 1e-9})
+        return -result.fun
+
+    target = math.log(1 / level)
+    high = 1.0
+    while rate(high) < target:
+        high *= 4
+    return optimize.brentq(lambda a: rate(a) - target, 1e-300, high, xtol=1e-14, rtol=1e-10)
+
+
+def normal_p_value(law: ElboLaw, counts: torch.Tensor, deviation: float, two_sided: bool = True) -> float:
+    """The normal approximation's p-value of X̄ − E X̄ = ``deviation``, with the law's exact variance.
+
+    Not a verdict (the thresholds are :func:`chernoff_deviation`'s bounds): the p-value whose uniformity
+    over seeds a calibration measures. X̄ is a mean of N independent estimates, so its skewness is that
+    of one estimate divided by √N (≲ 0.05 for N ≥ 1000 here). One-sided: P(Z ≤ z).
+    """
+    if not math.isfinite(deviation):
+        return 0.0
+    counts = counts.to(torch.float64)
+    se = float((counts * law.variance()).sum().sqrt() / counts.sum())
+    z = deviation / se
+    return float(2 * special.ndtr(-abs(z))) if two_sided else float(special.ndtr(z))

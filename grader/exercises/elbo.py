@@ -11,7 +11,7 @@ approximation (curriculum §2): every check that sees a decoder term accepts bot
 Statistical checks (2), each at level 1e-6, so the submission's false-failure probability is at most
 2e-6 (Bonferroni). elbo_bpd draws its own noise in its own order, so its value is compared, not with the
 reference's value, but with the exact law of a one-sample ELBO estimate (T independent draws, in any
-order) for Gaussian data and its optimal ε-model (:class:`ElboLaw`): every KL term is then a scaled
+order) for Gaussian data and its optimal ε-model (:class:`reference.elbo.ElboLaw`): every KL term is then a scaled
 noncentral χ²₁ variable and the decoder term a smooth function of one Gaussian draw, so the estimate's
 moment generating function is known and Chernoff bounds give thresholds at a guaranteed level
 (derivations at :data:`MEAN_DERIVATION` and :data:`BOUND_DERIVATION`).
@@ -20,11 +20,9 @@ moment generating function is known and Chernoff bounds give thresholds at a gua
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 from hypothesis import strategies as st
-from scipy import optimize, special
 
 from grader.checks import (
     Agreement,
@@ -56,7 +54,6 @@ from grader.stats import Statistic
 from reference import elbo as ref
 from reference._broadcast import extract
 from reference.q_sampler import compute_alphas_cumprod, cosine_beta_schedule, linear_beta_schedule, posterior_coefficients, q_posterior
-from reference.toy import GaussianData
 
 LN2 = math.log(2.0)
 GRID = -1 + 2 * torch.arange(256, dtype=torch.float64) / 255
@@ -68,48 +65,12 @@ def level(k: int) -> float:
     return -1 + 2 * k / 255
 
 
-# -- the tanh CDF of improved-diffusion --------------------------------------------------------
-
-
-def tanh_normal_cdf(z: torch.Tensor) -> torch.Tensor:
-    """improved-diffusion's ``approx_standard_normal_cdf``: 0.5·(1 + tanh(√(2/π)·(z + 0.044715·z³)))."""
-    return 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (z + 0.044715 * z**3)))
-
-
-def tanh_discretized_gaussian_log_likelihood(x, mean, log_scale):
-    """The discretised likelihood with the tanh-approximate CDF (improved-diffusion's losses.py, restated)."""
-    centered = x - mean
-    inv_scale = torch.exp(-log_scale)
-    cdf_plus = tanh_normal_cdf(inv_scale * (centered + ref.BIN_HALF_WIDTH))
-    cdf_min = tanh_normal_cdf(inv_scale * (centered - ref.BIN_HALF_WIDTH))
-    return torch.where(
-        x < -ref.EDGE,
-        torch.log(cdf_plus.clamp(min=ref.PROB_FLOOR)),
-        torch.where(x > ref.EDGE, torch.log((1 - cdf_min).clamp(min=ref.PROB_FLOOR)),
-                    torch.log((cdf_plus - cdf_min).clamp(min=ref.PROB_FLOOR))),
-    )
-
-
-DECODERS = {"erf": ref.discretized_gaussian_log_likelihood, "tanh": tanh_discretized_gaussian_log_likelihood}
-"""The two accepted normal CDFs of the decoder, by name."""
+DECODERS = {cdf: ref.discretized_gaussian_log_likelihood_with(cdf) for cdf in ref.NORMAL_CDFS}
+"""The two accepted normal CDFs of the decoder, by name (reference.elbo.NORMAL_CDFS)."""
 
 
 def _mean_flat(x: torch.Tensor) -> torch.Tensor:
     return x.reshape(x.shape[0], -1).mean(dim=1)
-
-
-def vlb_term_bpd_with(cdf: str):
-    """:func:`reference.elbo.vlb_term_bpd` with the decoder's normal CDF named by ``cdf`` ("erf" or "tanh")."""
-
-    def vlb_term_bpd(model_mean, model_log_variance, x0, xt, t, betas):
-        true_mean, _, true_log_variance = q_posterior(x0, xt, t, betas)
-        kl = ref.normal_kl(true_mean, true_log_variance, model_mean, model_log_variance)
-        nll = -DECODERS[cdf](x0, model_mean, 0.5 * model_log_variance)
-        kl_bpd = _mean_flat(kl.expand_as(model_mean)) / LN2
-        decoder_bpd = _mean_flat(nll.expand_as(model_mean)) / LN2
-        return torch.where(t.to(kl_bpd.device) == 0, decoder_bpd, kl_bpd)
-
-    return vlb_term_bpd
 
 
 # -- shared judges -----------------------------------------------------------------------------
@@ -574,7 +535,7 @@ def judge_vlb_values(inputs: Inputs, outcome) -> None:
     student = as_tensor(outcome.value, "the result")
     first = None
     for cdf in DECODERS:
-        expected = inputs.call_reference(vlb_term_bpd_with(cdf))
+        expected = inputs.call_reference(ref.vlb_term_bpd_with(cdf))
         try:
             compare_values(student, expected, VLB_TOLERANCE, "the result")
             return
@@ -713,164 +674,6 @@ def judge_elbo_generator(inputs: Inputs, outcome) -> None:
 # -- elbo_bpd: the exact law of the estimate ----------------------------------------------------
 
 
-def _hermite(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gauss–Hermite nodes and weights for E_{z~N(0,1)}[f(z)] (Golub–Welsch), float64 ``(n,)`` each."""
-    k = torch.arange(1, n, dtype=torch.float64).sqrt()
-    nodes, vectors = torch.linalg.eigh(torch.diag(k, 1) + torch.diag(k, -1))
-    return nodes, vectors[0] ** 2
-
-
-@dataclass
-class ElboLaw:
-    """The law of one elbo_bpd estimate per row of x₀, for Gaussian data N(μ, diag(s²)) and its optimal ε-model.
-
-    With the optimal (affine) denoiser x̂₀(x_t) = A_t x_t + B_t (reference.elbo), each term of one estimate is
-
-        L_T = KL(N(√ᾱ_{T−1} x₀, 1 − ᾱ_{T−1}) ‖ N(0, 1))                     deterministic,
-        L_t = w_t (m_t + s_t ε_t)²,  t ≥ 1,                                 a scaled noncentral χ²₁,
-              w_t = coef1_t² / (2 β̃_t),  m_t = (1 − A_t √ᾱ_t) x₀ − B_t,  s_t = A_t √(1 − ᾱ_t),
-        L_0 = −log P(x₀ | A_0 (√ᾱ_0 x₀ + √(1 − ᾱ_0) ε_0) + B_0, ½ log β̃₁)      a smooth function of ε_0,
-
-    per coordinate, with independent ε's (the model's variance is the posterior's, so each KL is the
-    squared mean difference over 2β̃_t). One estimate is their per-dim mean over D coordinates, / ln 2.
-    Its cumulant generating function K(λ) = log E[exp(λ X)] is therefore exact for the KL terms,
-
-        log E[exp(κ w (m + s ε)²)] = −½ log(1 − 2κ w s²) + κ w m² / (1 − 2κ w s²),   2κ w s² < 1,
-
-    and a 1-D Gauss–Hermite integral for the decoder (bounded by −log 1e-12 per coordinate). ``cdf``
-    chooses the decoder's normal CDF ("erf" or "tanh").
-    """
-
-    mean: torch.Tensor
-    var: torch.Tensor
-    rows: torch.Tensor
-    betas: torch.Tensor
-    cdf: str = "erf"
-    n_nodes: int = 96
-
-    def __post_init__(self) -> None:
-        f64 = dict(dtype=torch.float64, device="cpu")
-        mu, s2, x = self.mean.to(**f64).flatten(), self.var.to(**f64).flatten(), self.rows.to(**f64)
-        x = x.reshape(x.shape[0], -1)  # (R, D)
-        betas = self.betas.to(**f64)
-        c = posterior_coefficients(betas)
-        alpha_bar = compute_alphas_cumprod(betas)[:, None]  # (T, 1)
-        a, n = alpha_bar.sqrt(), 1 - alpha_bar
-        V = alpha_bar * s2 + n
-        A, B = a * s2 / V, n * mu / V  # (T, D)
-        coef1, variance = c["posterior_mean_coef1"][:, None], c["posterior_variance"][:, None]
-        self.D = x.shape[1]
-        self.w = (coef1[1:] ** 2 / (2 * variance[1:])).expand(-1, self.D)  # (T−1, D)
-        self.m = (1 - A[1:] * a[1:])[None] * x[:, None] - B[1:][None]  # (R, T−1, D)
-        self.s = A[1:] * n[1:].sqrt()  # (T−1, D)
-        T = betas.shape[0]
-        self.prior = ref.normal_kl(a[T - 1] * x, torch.log(n[T - 1]).expand_as(x), 0.0, 0.0).sum(1)  # (R,) nats
-        nodes, self.weights = _hermite(self.n_nodes)
-        decoder_mean = A[0] * (a[0] * x[None] + n[0].sqrt() * nodes[:, None, None]) + B[0]  # (nodes, R, D)
-        log_scale = 0.5 * c["posterior_log_variance_clipped"][0]
-        self.decoder = -DECODERS[self.cdf](x[None].expand_as(decoder_mean), decoder_mean, log_scale)  # nats
-        self.scale = 1 / (self.D * LN2)  # nats summed over coordinates → bits/dim
-        self.lam_max = 0.999 / (2 * self.scale * float((self.w * self.s**2).max()))
-
-    def expectation(self) -> torch.Tensor:
-        """``(R,)`` E[X] in bits/dim."""
-        kl = (self.w * (self.m**2 + self.s**2)).sum((1, 2))
-        decoder = (self.weights[:, None, None] * self.decoder).sum(0).sum(1)
-        return (self.prior + kl + decoder) * self.scale
-
-    def variance(self) -> torch.Tensor:
-        """``(R,)`` Var[X] in (bits/dim)²."""
-        kl = (self.w**2 * (2 * self.s**4 + 4 * self.m**2 * self.s**2)).sum((1, 2))
-        first = (self.weights[:, None, None] * self.decoder).sum(0)
-        second = (self.weights[:, None, None] * self.decoder**2).sum(0)
-        return (kl + (second - first**2).sum(1)) * self.scale**2
-
-    def cgf(self, lam: float) -> torch.Tensor:
-        """``(R,)`` log E[exp(λ X)], for λ < lam_max."""
-        k = lam * self.scale
-        one = 1 - 2 * k * self.w * self.s**2
-        kl = (-0.5 * torch.log(one) + k * self.w * self.m**2 / one).sum((1, 2))
-        decoder = torch.logsumexp(torch.log(self.weights)[:, None, None] + k * self.decoder, dim=0).sum(1)
-        return k * self.prior + kl + decoder
-
-
-def chernoff_deviation(law: ElboLaw, counts: torch.Tensor, level: float, upper: bool) -> float:
-    """The a with P(±(X̄ − E X̄) ≥ a) ≤ level for the mean X̄ of ``counts[r]`` independent estimates of row r.
-
-    Chernoff: P(S − ES ≥ Na) ≤ exp(−sup_λ [λNa − K_S(λ)]) for the sum S of the N estimates, with
-    K_S(λ) = Σ_r counts_r (K_r(λ) − λ E X_r) the centred cumulant generating function; the supremum is
-    taken over λ ∈ (0, λ_max) (upper tail; the noncentral χ² terms need 2κws² < 1) or over the negated
-    λ (lower tail). Restricting λ only weakens the bound, so the threshold stays valid.
-    """
-    counts = counts.to(torch.float64)
-    N = float(counts.sum())
-    mu = float((counts * law.expectation()).sum())
-    sign = 1.0 if upper else -1.0
-    sd = float((counts * law.variance()).sum().sqrt())  # of S
-    # λ beyond ~60/sd would be for deviations ≫ 60 standard deviations: never needed at level ≥ 1e-300.
-    lam_high = min(law.lam_max, 60.0 / sd) if upper else 60.0 / sd
-
-    def centred(lam: float) -> float:
-        return float((counts * law.cgf(sign * lam)).sum()) - sign * lam * mu
-
-    def rate(a: float) -> float:
-        result = optimize.minimize_scalar(lambda u: -(u * lam_high * a * N - centred(u * lam_high)),
-                                          bounds=(0.0, 1.0), method="bounded", options={"xatol": 1e-9})
-        return -result.fun
-
-    target = math.log(1 / level)
-    high = 1.0
-    while rate(high) < target:
-        high *= 4
-    return optimize.brentq(lambda a: rate(a) - target, 1e-300, high, xtol=1e-14, rtol=1e-10)
-
-
-def normal_p(law: ElboLaw, counts: torch.Tensor, deviation: float, two_sided: bool = True) -> float:
-    """The p-value shown beside a law check: the normal approximation of X̄ − E X̄ with the exact variance.
-
-    The verdict does not use it (the thresholds are Chernoff bounds); it is the p-value whose
-    uniformity over seeds the calibration measures. X̄ is a mean of N ≥ 1000 independent
-    estimates, so its skewness is that of one estimate divided by √N (≲ 0.05 here).
-    """
-    if not math.isfinite(deviation):
-        return 0.0
-    counts = counts.to(torch.float64)
-    se = float((counts * law.variance()).sum().sqrt() / counts.sum())
-    z = deviation / se
-    return float(2 * special.ndtr(-abs(z))) if two_sided else float(special.ndtr(z))
-
-
-def exact_nll_bpd(law: ElboLaw) -> torch.Tensor:
-    """``(R,)`` −log p_θ(x₀)/(D ln 2) of the model whose ELBO ``law`` describes, with its decoder's CDF.
-
-    The reverse chain from N(0, I) keeps each coordinate Gaussian, N(m, v) with m ← M_t m + c_t,
-    v ← M_t² v + β̃_t for t = T−1, …, 1 (reference.elbo.exact_gaussian_nll_bpd). The decoder's mean at t = 0
-    is M_0 x + c_0, so p_θ(x₀) = E_{m'~N(M_0 m + c_0, M_0² v)} P(x₀ | m', ½ log β̃₁): for the erf CDF a bin of
-    the convolved Gaussian, for the tanh CDF a Gauss–Hermite integral over m'.
-    """
-    f64 = dict(dtype=torch.float64, device="cpu")
-    data = GaussianData(law.mean.to(**f64).flatten(), law.var.to(**f64).flatten())
-    x = law.rows.to(**f64).reshape(law.rows.shape[0], -1)
-    if law.cdf == "erf":
-        return ref.exact_gaussian_nll_bpd(data, x, law.betas.to(**f64))
-    c = posterior_coefficients(law.betas.to(**f64))
-    alpha_bar = compute_alphas_cumprod(law.betas.to(**f64))[:, None]
-    a, n = alpha_bar.sqrt(), 1 - alpha_bar
-    V = alpha_bar * data.var + n
-    A, B = a * data.var / V, n * data.mean / V
-    M = c["posterior_mean_coef1"][:, None] * A + c["posterior_mean_coef2"][:, None]
-    cc = c["posterior_mean_coef1"][:, None] * B
-    m, v = torch.zeros(law.D, **f64), torch.ones(law.D, **f64)
-    for t in range(law.betas.shape[0] - 1, 0, -1):
-        m = M[t] * m + cc[t]
-        v = M[t] ** 2 * v + c["posterior_variance"][t]
-    nodes, weights = _hermite(law.n_nodes)
-    decoder_mean = (M[0] * m + cc[0]) + M[0] * v.sqrt() * nodes[:, None, None]  # (nodes, 1, D)
-    log_scale = 0.5 * c["posterior_log_variance_clipped"][0]
-    p = (weights[:, None, None] * DECODERS["tanh"](x[None].expand(len(nodes), -1, -1), decoder_mean, log_scale).exp()).sum(0)
-    return -_mean_flat(torch.log(p.clamp(min=1e-300))) / LN2
-
-
 #: The schedule of the mean check, T = 10: β from 0.01 to 0.05 over nine steps, then a last step of 0.3.
 #: It magnifies what a missing term costs: ᾱ_{T−1} ≈ 0.53, so L_T ≈ 0.28 bits/dim, and the last KL term
 #: L_{T−1} ≈ 0.14 (with T = 1000 both are ~1e-5, invisible); β_0 = 0.01 keeps L_1's variance, which
@@ -957,17 +760,17 @@ def elbo_mean_law(ctx: Context, alpha: float) -> StatReport:
     observed = float(estimates.mean())
     candidates = []
     for cdf in DECODERS:
-        law = ElboLaw(mean, var, x0, LAW_BETAS, cdf)
+        law = ref.ElboLaw(mean, var, x0, LAW_BETAS, cdf)
         expected = float(law.expectation().mean())
-        low = -chernoff_deviation(law, counts, alpha / 2, upper=False)
-        high = chernoff_deviation(law, counts, alpha / 2, upper=True)
+        low = -ref.chernoff_deviation(law, counts, alpha / 2, upper=False)
+        high = ref.chernoff_deviation(law, counts, alpha / 2, upper=True)
         deviation = observed - expected
         candidates.append((cdf, law, expected, low, high, deviation))
     chosen = next((c for c in candidates if c[3] <= c[5] <= c[4]), candidates[0])
     cdf, law, expected, low, high, deviation = chosen
     statistic = Statistic(
         "mean of the estimates − exact E[elbo_bpd], bits/dim", deviation, low, high,
-        normal_p(law, counts, deviation), alpha, int(counts.sum()), MEAN_DERIVATION)
+        ref.normal_p_value(law, counts, deviation), alpha, int(counts.sum()), MEAN_DERIVATION)
     residuals = (estimates - law.expectation()[:, None]) / law.variance().sqrt()[:, None]
     return StatReport([statistic], residuals, inputs,
                       note=f"exact E[elbo_bpd] per row ({cdf} CDF in the decoder): "
@@ -986,17 +789,17 @@ def elbo_bound_law(ctx: Context, alpha: float) -> StatReport:
     observed = float(estimates.mean())
     candidates = []
     for cdf in DECODERS:
-        law = ElboLaw(mean, var, x0, BOUND_BETAS, cdf)
-        expected, nll = float(law.expectation()[0]), float(exact_nll_bpd(law)[0])
+        law = ref.ElboLaw(mean, var, x0, BOUND_BETAS, cdf)
+        expected, nll = float(law.expectation()[0]), float(law.nll_bpd()[0])
         # The test is observed ≥ nll − threshold, written as a deviation from the expectation so that
         # its p-value is uniform for a correct implementation.
-        low = (nll - expected) - chernoff_deviation(law, counts, alpha, upper=False)
+        low = (nll - expected) - ref.chernoff_deviation(law, counts, alpha, upper=False)
         candidates.append((cdf, law, expected, nll, low, observed - expected))
     chosen = next((c for c in candidates if c[5] >= c[4]), candidates[0])
     cdf, law, expected, nll, low, deviation = chosen
     statistic = Statistic(
         "mean of the estimates − exact E[elbo_bpd], bits/dim (lower limit: −log p_θ(x₀)/(D ln 2) − E[elbo_bpd] "
-        "− threshold)", deviation, low, math.inf, normal_p(law, counts, deviation, two_sided=False), alpha,
+        "− threshold)", deviation, low, math.inf, ref.normal_p_value(law, counts, deviation, two_sided=False), alpha,
         int(counts.sum()), BOUND_DERIVATION)
     residuals = (estimates - law.expectation()[:, None]) / law.variance().sqrt()[:, None]
     return StatReport([statistic], residuals, inputs,
