@@ -101,6 +101,39 @@ def build_parser() -> argparse.ArgumentParser:
                        help="a bar (a terminal), one line per notebook (logs, CI), or auto (default)")
     _add_grading_options(batch)
 
+    export = commands.add_parser("export", help="hand the grader to a platform (Gradescope, GitHub Classroom)",
+                                 description="Write what a grading platform runs.")
+    targets = export.add_subparsers(dest="target", required=True, metavar="PLATFORM")
+    gradescope = targets.add_parser("gradescope", help="Gradescope's autograder zip for one exercise",
+                                    description="Write Gradescope's autograder zip (setup.sh, run_autograder).")
+    gradescope.add_argument("exercise", help="the exercise it grades")
+    gradescope.add_argument("--out", type=Path, default=Path("autograder.zip"), help="the zip (default autograder.zip)")
+    gradescope.add_argument("--gradescope-timeout", type=_positive, default=600.0, metavar="SECONDS",
+                            help="the assignment's timeout on Gradescope (default 600); the grader's budget is "
+                                 "set 120 s below it")
+    visibility = ["hidden", "after_due_date", "after_published", "visible"]
+    gradescope.add_argument("--visibility", choices=visibility, default="visible",
+                            help="when students see the results (default visible)")
+    gradescope.add_argument("--test-visibility", choices=visibility, default="visible",
+                            help="when students see each test (default visible)")
+    gradescope.add_argument("--stdout-visibility", choices=visibility, default="hidden",
+                            help="when students see the grader's log (default hidden)")
+    github = targets.add_parser("github", help="a GitHub Actions workflow for GitHub Classroom",
+                                description="Write DIR/.github/workflows/classroom.yml, which students commit.")
+    github.add_argument("exercises", nargs="*", help="the exercises it grades (default: every exercise)")
+    github.add_argument("--out", type=Path, required=True, help="the repository (template) folder to write into")
+    github.add_argument("--grader", default=None, metavar="REQUIREMENT",
+                        help="how the workflow installs the grader: a pip requirement, e.g. "
+                             "'diffusion-course-grader @ git+https://github.com/COURSE/grader@v1' "
+                             "(default: diffusion-course-grader==this version)")
+    github.add_argument("--min-score", type=float, default=None, help="the score a step needs to pass")
+
+    release = commands.add_parser("release", help="write what students get: notebooks, public checks, the CLI",
+                                  description="Write the student release: the generated notebooks, the public "
+                                              "checks as values, the grader's CLI; no reference, no solutions.")
+    release.add_argument("--out", type=Path, required=True, help="the release folder (must be empty or absent)")
+    release.add_argument("--root", type=Path, default=Path("."), help="the course repository (default: .)")
+
     commands.add_parser("list", help="list the exercises the grader knows")
     return parser
 
@@ -123,24 +156,47 @@ def _submit(args: argparse.Namespace) -> int:
 
     if args.min_score is not None and not args.ci:
         raise UsageError("--min-score only applies with --ci")
-    notebook_path = find_notebook(args.path)
-    out = args.out or notebook_path.parent / "feedback"
-    result, notebook = grade_submission(args.path, _options(args, out))
+    try:
+        notebook_path = find_notebook(args.path)
+        out = args.out or notebook_path.parent / "feedback"
+        result, notebook = grade_submission(args.path, _options(args, out))
+    except GraderError as exc:
+        if args.ci:  # GitHub still gets a result: an error, with the reason, not a silent 0
+            from grader.ci import write_github
+
+            write_github(None, False, error=str(exc), max_score=_max_score_of(args.exercise))
+        raise
     paths = write_outputs(result, notebook, out)
+    passed = result.full_marks if args.min_score is None else result.score >= args.min_score
     if args.json:
         print(json.dumps(result.to_gradescope(), indent=2, ensure_ascii=False))
     elif args.ci:
-        print(result.summary())
+        from grader.ci import neutralise
+
+        print(neutralise(result.summary()))
         for test in result.tests:
             if not test.passed and test.max_score:
-                print(f"  FAIL {test.name}: {test.output.splitlines()[0] if test.output else ''}")
+                print(neutralise(f"  FAIL {test.name}: {test.output.splitlines()[0] if test.output else ''}"))
         print(f"report: {paths['report']}")
     else:
         print(terminal_summary(result, verbose=args.verbose))
         print(f"Feedback: {paths['report']}")
-    if args.min_score is not None:
-        return EXIT_PASSED if result.score >= args.min_score else EXIT_FAILED
-    return EXIT_PASSED if result.full_marks else EXIT_FAILED
+    if args.ci:
+        from grader.ci import write_github
+
+        write_github(result, passed, notebook=notebook_path)
+    return EXIT_PASSED if passed else EXIT_FAILED
+
+
+def _max_score_of(exercise: str | None) -> float:
+    """The points an exercise offers (0 when unknown), for a CI result of a notebook that could not be graded."""
+    try:
+        from grader.exercises import load_exercise
+
+        return sum(spec.points for check in load_exercise(exercise).all_checks() for spec in check.tests()) \
+            if exercise else 0.0
+    except Exception:  # noqa: BLE001 -- unknown exercise: 0, and the error says why
+        return 0.0
 
 
 def _generate(args: argparse.Namespace) -> int:
@@ -163,6 +219,35 @@ def _batch(args: argparse.Namespace) -> int:
     return grade_batch(args.submissions, args.out, jobs=args.jobs, exercise=args.exercise,
                        options=_options(args, None), scheduler=args.scheduler, regrade=args.regrade,
                        progress={"auto": None, "bar": True, "lines": False}[args.progress])
+
+
+def _export(args: argparse.Namespace) -> int:
+    if args.target == "gradescope":
+        from grader.export.gradescope import write_autograder
+
+        try:
+            path = write_autograder(args.exercise, args.out, timeout=args.gradescope_timeout,
+                                    visibility=args.visibility, test_visibility=args.test_visibility,
+                                    stdout_visibility=args.stdout_visibility)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        print(f"{path}: upload it as the assignment's autograder (setup.sh and run_autograder at its root)")
+        return EXIT_PASSED
+    from grader.exercises import exercise_names
+    from grader.export.github import write_workflow
+
+    grader = args.grader or f"diffusion-course-grader=={__version__}"
+    path = write_workflow(args.out, args.exercises or exercise_names(), grader, min_score=args.min_score)
+    print(f"{path}: commit it to the assignment's template repository")
+    return EXIT_PASSED
+
+
+def _release(args: argparse.Namespace) -> int:
+    from grader.release import write_release
+
+    summary = write_release(args.root, args.out)
+    print(summary)
+    return EXIT_PASSED
 
 
 def _list(args: argparse.Namespace) -> int:
@@ -193,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _terminate_cleanly()
-    command = {"submit": _submit, "generate": _generate, "batch": _batch, "list": _list}[args.command]
+    command = {"submit": _submit, "generate": _generate, "batch": _batch, "export": _export, "release": _release,
+               "list": _list}[args.command]
     try:
         return command(args)
     except GraderError as exc:
