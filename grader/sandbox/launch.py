@@ -1,16 +1,25 @@
-"""Start the student's kernel: limits first, then the guard, then ipykernel.
+"""Start the student's kernel: namespace, limits, the grader's code, ipykernel's sockets, then the walls.
 
 ``python -m grader.sandbox.launch CONFIG.json -f CONNECTION_FILE`` is the
 kernel command the grader gives jupyter_client. In this order it
 
-1. sets resource limits: data segment (memory), CPU seconds, file size, no core dumps;
-2. loads what the grader needs in the kernel (torch, the worker, the toy problems),
-   before any student code can shadow or patch it;
-3. installs the audit hook of :mod:`grader.sandbox.guard`, which cannot be removed;
-4. hands over to ipykernel.
+1. asks to be SIGKILLed if the grader dies, and moves into a new user + PID
+   namespace (:mod:`grader.sandbox.namespace`): the kernel is PID 1 of it, so
+   killing it kills everything the submission started, at once;
+2. sets resource limits: data segment (memory), CPU seconds, file size, no core dumps;
+3. loads what the grader needs in the kernel (torch, the worker, the toy problems),
+   before any student code can shadow or patch it — and before the walls, which
+   leave the grader's own files out of reach;
+4. installs the audit hook of :mod:`grader.sandbox.guard` (advice: clear messages
+   for honest mistakes, not a wall);
+5. initialises ipykernel (its sockets are bound now), then applies the Landlock
+   walls (:mod:`grader.sandbox.landlock`), writes what is in force to the report
+   file the grader reads before any cell runs, and only then starts serving.
 
-CONFIG.json (kept: a restart reads it again) holds ``memory_bytes``, ``cpu_seconds``, ``file_bytes``, ``threads`` and the
-:class:`~grader.sandbox.guard.Policy` arguments.
+CONFIG.json (kept: a restart reads it again) holds ``memory_bytes``, ``cpu_seconds``,
+``file_bytes``, ``threads``, the :class:`~grader.sandbox.guard.Policy` arguments,
+``pid_namespace`` (bool), ``landlock`` (``{"read": [...], "write": [...], "devices": [...]}``
+or null) and ``report`` (the path of the isolation report).
 """
 
 from __future__ import annotations
@@ -44,11 +53,10 @@ def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this kernel if the grader dies first (no orphaned kernels)."""
     if not sys.platform.startswith("linux"):
         return
-    import ctypes
-    import signal
+    from grader.sandbox import namespace
 
     try:
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+        namespace.die_with_parent()
     except (OSError, AttributeError):
         pass
     if os.getppid() == 1:  # the grader is already gone
@@ -60,7 +68,17 @@ def main(argv: list[str]) -> None:
     _die_with_parent()
     with open(config_path) as f:
         config = json.load(f)
+    report = {"pid_namespace": False}
+    if config.get("pid_namespace"):
+        from grader.sandbox import namespace
+
+        why = namespace.enter()  # from here on, this is PID 1 of a new namespace (or no namespace: why)
+        report["pid_namespace"] = not why
+        if why:
+            report["pid_namespace_error"] = why
     _set_limits(config)
+    # Opened now, written once the walls are up: neither the guard nor the walls will let it be opened later.
+    report_file = open(config["report"], "w") if config.get("report") else None
 
     threads = config.get("threads")
     import torch
@@ -68,7 +86,7 @@ def main(argv: list[str]) -> None:
     if threads:
         torch.set_num_threads(int(threads))
 
-    from grader.sandbox import guard, models, worker  # noqa: F401 -- loaded before the guard on purpose
+    from grader.sandbox import guard, landlock, models, worker  # noqa: F401 -- loaded before the guard on purpose
 
     models.preload()
     os.environ["GRADER_SANDBOX"] = "1"
@@ -80,9 +98,26 @@ def main(argv: list[str]) -> None:
             allowed_modules=ALLOWED_GRADER_MODULES,
         )
     )
-    from ipykernel import kernelapp
+    from ipykernel.kernelapp import IPKernelApp
 
-    kernelapp.launch_new_instance(argv=kernel_args)
+    app = IPKernelApp.instance()
+    app.initialize(kernel_args)  # binds the sockets: the walls below need not allow making them
+    _raise_walls(config, report, report_file)
+    app.start()
+
+
+def _raise_walls(config: dict, report: dict, out) -> None:
+    """Apply the Landlock walls and write what is in force to ``out`` (opened before them), closing it."""
+    from grader.sandbox import landlock
+
+    walls = config.get("landlock")
+    if walls:
+        report.update(landlock.restrict(walls["read"], walls["write"], walls.get("devices", []), walls.get("list", [])))
+    else:
+        report.update(landlock_abi=landlock.abi(), filesystem=False, network=False, signals=False)
+    if out is not None:
+        with out:
+            json.dump(report, out)
 
 
 if __name__ == "__main__":
