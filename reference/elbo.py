@@ -455,28 +455,24 @@ class ElboLaw:
 
     def __post_init__(self) -> None:
         f64 = dict(dtype=torch.float64, device=self.rows.device)
-        mu, s2, x = self.mean.to(**f64).flatten(), self.var.to(**f64).flatten(), self.rows.to(**f64)
+        data = GaussianData(self.mean.to(**f64).flatten(), self.var.to(**f64).flatten())
+        x = self.rows.to(**f64)
         x = x.reshape(x.shape[0], -1)  # (R, D)
-        betas = self.betas.to(**f64)
-        c = posterior_coefficients(betas)
-        alpha_bar = compute_alphas_cumprod(betas)[:, None]  # (T, 1)
-        a, n = alpha_bar.sqrt(), 1 - alpha_bar
-        V = alpha_bar * s2 + n
-        A, B = a * s2 / V, n * mu / V  # (T, D)
-        coef1, variance = c["posterior_mean_coef1"][:, None], c["posterior_variance"][:, None]
+        chain = _gaussian_chain(data, self.betas, x)  # (T, D) or (T, 1) coefficients
+        a, n, A, B = chain["a"], chain["n"], chain["A"], chain["B"]
         self.D = x.shape[1]
-        self.w = (coef1[1:] ** 2 / (2 * variance[1:])).expand(-1, self.D)  # (T−1, D)
+        self.w = (chain["coef1"][1:] ** 2 / (2 * chain["variance"][1:]))  # (T−1, D)
         self.m = (1 - A[1:] * a[1:])[None] * x[:, None] - B[1:][None]  # (R, T−1, D)
         self.s = A[1:] * n[1:].sqrt()  # (T−1, D)
-        T = betas.shape[0]
+        T = self.betas.shape[0]
         self.prior = normal_kl(a[T - 1] * x, torch.log(n[T - 1]).expand_as(x), 0.0, 0.0).sum(1)  # (R,) nats
         nodes, self.weights = _hermite_nodes(self.n_nodes, x)
         decoder_mean = A[0] * (a[0] * x[None] + n[0].sqrt() * nodes[:, None, None]) + B[0]  # (nodes, R, D)
-        log_scale = 0.5 * c["posterior_log_variance_clipped"][0]
         log_likelihood = discretized_gaussian_log_likelihood_with(self.cdf)
-        self.decoder = -log_likelihood(x[None].expand_as(decoder_mean), decoder_mean, log_scale)  # nats
+        self.decoder = -log_likelihood(x[None].expand_as(decoder_mean), decoder_mean, 0.5 * chain["log_variance"][0])
         self.scale = 1 / (self.D * LN2)  # nats summed over coordinates → bits/dim
         self.lam_max = 0.999 / (2 * self.scale * float((self.w * self.s**2).max()))
+        self._data, self._chain, self._x = data, chain, x
 
     def expectation(self) -> torch.Tensor:
         """``(R,)`` E[X] in bits/dim."""
@@ -507,28 +503,19 @@ class ElboLaw:
         is M_0 x + c_0, so p_θ(x₀) = E_{m'~N(M_0 m + c_0, M_0² v)} P(x₀ | m', ½ log β̃₁): for the erf CDF a
         bin of the convolved Gaussian, for the tanh CDF a Gauss–Hermite integral over m'.
         """
-        f64 = dict(dtype=torch.float64, device=self.rows.device)
-        mean, var = self.mean.to(**f64).flatten(), self.var.to(**f64).flatten()
-        x = self.rows.to(**f64).reshape(self.rows.shape[0], -1)
-        betas = self.betas.to(**f64)
+        data, chain, x = self._data, self._chain, self._x
         if self.cdf == "erf":
-            return exact_gaussian_nll_bpd(GaussianData(mean, var), x, betas)
-        c = posterior_coefficients(betas)
-        alpha_bar = compute_alphas_cumprod(betas)[:, None]
-        a, n = alpha_bar.sqrt(), 1 - alpha_bar
-        V = alpha_bar * var + n
-        A, B = a * var / V, n * mean / V
-        M = c["posterior_mean_coef1"][:, None] * A + c["posterior_mean_coef2"][:, None]
-        cc = c["posterior_mean_coef1"][:, None] * B
-        m, v = torch.zeros(self.D, **f64), torch.ones(self.D, **f64)
-        for t in range(betas.shape[0] - 1, 0, -1):
-            m = M[t] * m + cc[t]
-            v = M[t] ** 2 * v + c["posterior_variance"][t]
+            return exact_gaussian_nll_bpd(data, x, self.betas)
+        M, c = chain["M"], chain["c"]
+        m, v = torch.zeros_like(M[0]), torch.ones_like(M[0])
+        for t in range(self.betas.shape[0] - 1, 0, -1):
+            m = M[t] * m + c[t]
+            v = M[t] ** 2 * v + chain["variance"][t]
         nodes, weights = _hermite_nodes(self.n_nodes, x)
-        decoder_mean = (M[0] * m + cc[0]) + M[0] * v.sqrt() * nodes[:, None, None]  # (nodes, 1, D)
-        log_scale = 0.5 * c["posterior_log_variance_clipped"][0]
+        decoder_mean = (M[0] * m + c[0]) + M[0] * v.sqrt() * nodes[:, None, None]  # (nodes, 1, D)
         log_likelihood = discretized_gaussian_log_likelihood_with(self.cdf)
-        p = (weights[:, None, None] * log_likelihood(x[None].expand(len(nodes), -1, -1), decoder_mean, log_scale).exp()).sum(0)
+        log_p = log_likelihood(x[None].expand(len(nodes), -1, -1), decoder_mean, 0.5 * chain["log_variance"][0])
+        p = (weights[:, None, None] * log_p.exp()).sum(0)
         return -_mean_flat(torch.log(p.clamp(min=1e-300))) / LN2
 
 
