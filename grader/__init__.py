@@ -29,7 +29,9 @@ def check(function, *, examples: int | None = None, verbose: bool = False):
     import os
 
     if os.environ.get("GRADER_SANDBOX"):
-        print(f"check({getattr(function, '__name__', '?')}) is skipped while grading")
+        # One line and no error: an honest notebook's check() cells must run cleanly under grading, where
+        # the checks themselves are out of the kernel's reach (Landlock) and `grade submit` runs them all.
+        print(f"check({getattr(function, '__name__', '?')}) is skipped while grading: `grade submit` is doing the checking")
         return None
     from grader.interactive import check as _check
 

@@ -67,6 +67,8 @@ class GradingResult:
         version: the grader's version.
         execution_time: seconds from start to verdict.
         cells: how each code cell of the notebook ran (index, status, error).
+        isolation: the operating system's walls that were in force around the kernel
+            (see :mod:`grader.sandbox.isolation`).
     """
 
     exercise: str
@@ -77,6 +79,7 @@ class GradingResult:
     version: str
     execution_time: float = 0.0
     cells: list[dict] = field(default_factory=list)
+    isolation: dict = field(default_factory=dict)
 
     @property
     def score(self) -> float:
@@ -113,5 +116,6 @@ class GradingResult:
                 "grader_version": self.version,
                 "device": self.device,
                 "cells": self.cells,
+                "isolation": self.isolation,
             },
         }
