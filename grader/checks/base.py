@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import builtins
 import functools
 import hashlib
 import inspect
+import symtable
 import textwrap
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol, Sequence
@@ -19,9 +21,11 @@ __all__ = [
     "Context",
     "Inputs",
     "Outcome",
+    "ProbeError",
     "Runner",
     "TestSpec",
     "Verdict",
+    "check_probe",
     "describe_value",
     "stable_seed",
 ]
@@ -120,16 +124,19 @@ class Inputs:
 
     ``args`` are passed positionally in order, ``kwargs`` by name; both appear in
     :meth:`describe`. ``notes`` override the description of an argument (e.g. the
-    schedule a tensor came from); ``meta`` carries anything the verifier needs.
+    schedule a tensor came from); ``meta`` carries anything the verifier needs;
+    ``hidden`` are keyword arguments for a probe only (sent, never shown to the student
+    nor passed to the reference).
     """
 
     args: dict[str, Any]
     kwargs: dict[str, Any] = field(default_factory=dict)
     notes: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
+    hidden: dict[str, Any] = field(default_factory=dict)
 
     def wire(self) -> dict:
-        return {"args": list(self.args.values()), "kwargs": dict(self.kwargs)}
+        return {"args": list(self.args.values()), "kwargs": {**self.kwargs, **self.hidden}}
 
     def arguments(self) -> dict[str, Any]:
         return {**self.args, **self.kwargs}
@@ -141,6 +148,7 @@ class Inputs:
             {k: _float64(v) for k, v in self.kwargs.items()},
             self.notes,
             self.meta,
+            self.hidden,
         )
 
     def call_reference(self, fn: Callable) -> Any:
@@ -195,10 +203,47 @@ def format_tensor(value: torch.Tensor, precision: int = 6) -> str:
     return text
 
 
+#: What a probe finds in the student's process besides its arguments (grader.sandbox.worker's scope).
+PROBE_SCOPE = frozenset({"torch"}) | frozenset(dir(builtins))
+
+
+class ProbeError(TypeError):
+    """A probe uses a name it will not find in the student's process."""
+
+
 @functools.lru_cache(maxsize=None)
 def probe_source(probe: Callable) -> str:
     """The source of a probe, read once per process (so a file edited mid-run cannot ship a mismatch)."""
-    return textwrap.dedent(inspect.getsource(probe))
+    source = textwrap.dedent(inspect.getsource(probe))
+    check_probe(probe, source)
+    return source
+
+
+def check_probe(probe: Callable, source: str | None = None) -> None:
+    """Raise :class:`ProbeError` if ``probe`` reads a global name that is not in :data:`PROBE_SCOPE`.
+
+    A probe is shipped as source and run in the student's process with only ``torch`` and
+    the builtins in scope, so a helper or module of the declaration it refers to (``math``,
+    ``ref``, a constant) would raise NameError there, far from its cause. Checked when a
+    declaration is built, so the mistake fails the import of the exercise.
+    """
+    source = source or textwrap.dedent(inspect.getsource(probe))
+    missing: set[str] = set()
+
+    def visit(table: symtable.SymbolTable) -> None:
+        for symbol in table.get_symbols():
+            if (symbol.is_global() or symbol.is_declared_global()) and symbol.is_referenced() \
+                    and symbol.get_name() not in PROBE_SCOPE:
+                missing.add(symbol.get_name())
+        for child in table.get_children():
+            visit(child)
+
+    top = symtable.symtable(source, "<probe>", "exec")
+    for child in top.get_children():
+        visit(child)
+    if missing:
+        raise ProbeError(f"probe {probe.__name__} uses {', '.join(sorted(missing))}, which the student's process "
+                         "does not give it (a probe sees only its arguments, torch and the builtins)")
 
 
 @dataclass
@@ -227,6 +272,24 @@ class Context:
     def generator(self, *tags: Any) -> torch.Generator:
         """A CPU generator (inputs are drawn on the CPU then moved, so grades do not depend on the device)."""
         return torch.Generator().manual_seed(self.seed_for(*tags) % 2**63)
+
+    def generator_spec(self, *tags: Any, seed: int | None = None) -> dict:
+        """A ``torch.Generator`` argument for the student, on the grading device.
+
+        Seeded ``seed`` when given (a case's own seed), else from the grading seed and ``tags``.
+        """
+        return wire.generator_spec(self.seed_for(*tags) % 2**63 if seed is None else seed, str(self.device))
+
+    def model_spec(self, kind: str, *, record: bool = False, dtype: torch.dtype | None = None, **params: Any) -> dict:
+        """A model argument (``grader.sandbox.models.FACTORIES[kind]``) whose tensor parameters are cast to
+        ``dtype`` (when given) and moved to the grading device; ``record`` logs its calls (``Outcome.model_calls``)."""
+
+        def place(value: Any) -> Any:
+            if isinstance(value, torch.Tensor):
+                return (value.to(dtype) if dtype is not None else value).to(self.device)
+            return value
+
+        return wire.model_spec(kind, record=record, **{k: place(v) for k, v in params.items()})
 
     def call(
         self, function: str, inputs: Sequence[Inputs], probe: Callable | None = None, tag: str = ""

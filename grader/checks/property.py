@@ -32,10 +32,12 @@ from hypothesis import HealthCheck, Phase, Verbosity, example, given, seed, sett
 from hypothesis import strategies as st
 
 from grader.checks.base import Check, Context, Inputs, Outcome, TestSpec, Verdict
-from grader.checks.compare import DEFAULT_TOLERANCE, Mismatch, Tolerance, as_tensor, as_tuple, compare_values
+from grader.checks.base import check_probe
+from grader.checks.compare import DEFAULT_TOLERANCE, Mismatch, Tolerance, as_tensor, as_tuple, compare
 from grader.sandbox.wire import SPEC
 
-__all__ = ["Agreement", "Aspect", "Diagnosis", "Property", "device_leak", "draw_cases", "dtype_device_aspect"]
+__all__ = ["Agreement", "Aspect", "Diagnosis", "Property", "device_leak", "draw_cases", "dtype_device_aspect",
+           "output_aspect"]
 
 #: Live calls hypothesis may make while shrinking one failure (each is one round trip).
 SHRINK_CALLS = 60
@@ -73,6 +75,9 @@ class Aspect:
     :class:`~grader.checks.compare.Mismatch`. It is only called on outcomes with a value.
     ``device=True`` marks a test of the output's device: where grading runs on the
     CPU, it also fails when the function would not run on a GPU (:func:`device_leak`).
+    ``gated_by`` names aspects of the same check that judge the *values*: this one earns
+    its points only when they passed (so ``torch.zeros_like(x)`` or a NaN tensor never earns
+    the "dtype and device" point). Shape, dtype, device and finiteness aspects are gated.
     """
 
     name: str
@@ -80,11 +85,22 @@ class Aspect:
     judge: Callable[[Inputs, Outcome], None]
     shrink: bool = True
     device: bool = False
+    gated_by: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
 class Diagnosis:
-    """A known mistake: if the student's value matches ``wrong(inputs_in_float64)``, say ``message``."""
+    """A known mistake, recognised by what it produces; ``message`` is the hint a student reads.
+
+    One mechanism for every kind of check:
+
+    * in a :class:`Property` (and :class:`Agreement`), ``wrong`` is called like the
+      function, on the inputs in float64, and the mistake is named when its values match
+      the student's on *every* answered input (floating results within the check's
+      ``diagnosis_tolerance``, integer results exactly);
+    * in a :class:`~grader.checks.law.Law`, ``wrong(draw)`` returns the exact law each call
+      would follow with the mistake, and it is named when every output fits that law.
+    """
 
     wrong: Callable[..., Any]
     message: str
@@ -103,8 +119,10 @@ class Property(Check):
         max_examples: cases drawn by hypothesis besides the examples.
         probe: a harness that drives the function (shipped as source to the student's process).
         public: whether ``check()`` in the notebook runs it.
-        diagnoses: known mistakes to name when the first aspect fails.
-        tolerance: how closely a known mistake must reproduce the values to be named.
+        diagnoses: known mistakes to name when an aspect fails (:class:`Diagnosis`).
+        tolerance: the grading tolerance of judges that compare values (:class:`Agreement`'s).
+        diagnosis_tolerance: how closely a known mistake must reproduce the student's values to
+            be named (a hint, never a grade); None: ``tolerance``.
     """
 
     function: str
@@ -118,6 +136,11 @@ class Property(Check):
     diagnoses: tuple[Diagnosis, ...] = ()
     kind: str = "property"
     tolerance: Tolerance = DEFAULT_TOLERANCE
+    diagnosis_tolerance: Tolerance | None = None
+
+    def __post_init__(self) -> None:
+        if self.probe is not None:
+            check_probe(self.probe)
 
     def tests(self) -> list[TestSpec]:
         return [TestSpec(f"{self.function}: {a.name}", a.points, self.kind) for a in self.aspects]
@@ -135,6 +158,16 @@ class Property(Check):
             leak = device_leak(self, cases[0], ctx, tag)
             for i in on_device if leak else ():
                 verdicts[i] = leak
+        return self._gate(verdicts)
+
+    def _gate(self, verdicts: list[Verdict]) -> list[Verdict]:
+        """A gated aspect that passed keeps its points only if the value aspects it depends on passed."""
+        passed = {a.name: v.passed for a, v in zip(self.aspects, verdicts)}
+        for i, aspect in enumerate(self.aspects):
+            failed = [name for name in aspect.gated_by if not passed.get(name, True)]
+            if verdicts[i].passed and failed:
+                verdicts[i] = Verdict(False, f"not awarded while the values are wrong (see “{self.function}: "
+                                             f"{failed[0]}”): this point is for right values in the right form")
         return verdicts
 
     def _failure(self, aspect: Aspect, inputs: Inputs, outcome: Outcome) -> Mismatch | None:
@@ -222,8 +255,9 @@ class Property(Check):
         wrong mistake where two formulas happen to agree (e.g. at t = 0, where ᾱ ≈ 1).
         """
         answered = [(i, o) for i, o in answered if o.ok]
+        tolerance = self.diagnosis_tolerance or self.tolerance
         for diagnosis in self.diagnoses:
-            if answered and all(_matches(diagnosis, inputs, outcome, self.tolerance) for inputs, outcome in answered):
+            if answered and all(_matches(diagnosis, inputs, outcome, tolerance) for inputs, outcome in answered):
                 return diagnosis.message
         return ""
 
@@ -237,10 +271,22 @@ def _matches(diagnosis: Diagnosis, inputs: Inputs, outcome: Outcome, tolerance: 
         else:
             pairs = [(got, wrong)]
         for g, w in pairs:
-            compare_values(as_tensor(g, "the result"), w, tolerance, "the result", broadcast=True)
+            if isinstance(w, torch.Tensor) and not w.is_floating_point():
+                if not _equal_integers(as_tensor(g, "the result"), w):
+                    return False
+            else:
+                compare(g, w, tolerance, "the result", broadcast=True)
     except Exception:  # noqa: BLE001 -- not comparable, or different: no match
         return False
     return True
+
+
+def _equal_integers(got: torch.Tensor, wrong: torch.Tensor) -> bool:
+    """An integer result (timesteps, indices) matches exactly, in any dtype holding the same integers."""
+    values = got.detach().to("cpu").flatten().tolist()
+    if got.is_floating_point() and all(float(v).is_integer() for v in values):
+        values = [int(v) for v in values]
+    return tuple(got.shape) == tuple(wrong.shape) and values == wrong.flatten().tolist()
 
 
 def _same_failure(a: Outcome, b: Outcome) -> bool:
@@ -305,40 +351,75 @@ def _whole_result(value: Any) -> list[tuple[str, Any]]:
     return [("the result", value)]
 
 
+def _fixed_or_argument(spec: Any, inputs: Inputs, attribute: str) -> Any:
+    """``spec`` resolved for one call: an argument's name (its dtype, device, shape), a callable of the inputs, or a value."""
+    if isinstance(spec, str):
+        value = inputs.arguments()[spec]
+        return tuple(value.shape) if attribute == "shape" else getattr(value, attribute)
+    if callable(spec) and not isinstance(spec, torch.dtype):
+        return spec(inputs)
+    return spec
+
+
+def output_aspect(name: str, points: float = 1, *, shape: Any = None, dtype: Any = None, device: Any = None,
+                  finite: bool = False, items: Callable[[Any], list[tuple[str, Any]]] = _whole_result,
+                  gated_by: tuple[str, ...] = (), dtype_source: str = "") -> Aspect:
+    """The one judge of a result's form: every item a real tensor, with the expected shape, dtype, device, finite.
+
+    Args:
+        shape, dtype, device: each None (not judged), an argument's name (its shape, dtype or
+            device), a callable ``f(inputs)``, or a fixed value (a ``torch.dtype``, a device).
+        finite: whether NaN and infinite values fail.
+        items: splits the result into labelled items (default: the whole result).
+        gated_by: the value aspects this one depends on (:class:`Aspect`).
+        dtype_source: says where the expected dtype comes from, in the message.
+
+    Where the device comes from an argument the aspect is a device test, so that grading on
+    the CPU also runs the function on the meta device (:func:`device_leak`).
+    """
+
+    def judge(inputs: Inputs, outcome: Outcome) -> None:
+        want_shape = _fixed_or_argument(shape, inputs, "shape")
+        want_dtype = _fixed_or_argument(dtype, inputs, "dtype")
+        want_device = _fixed_or_argument(device, inputs, "device")
+        for label, got in items(outcome.value):
+            got = as_tensor(got, label)
+            if want_shape is not None and tuple(got.shape) != tuple(want_shape):
+                raise Mismatch(f"{label} has shape {tuple(got.shape)}; expected {tuple(want_shape)}")
+            if want_dtype is not None and got.dtype != want_dtype:
+                source = f" ({dtype_source or (f'the dtype of {dtype}' if isinstance(dtype, str) else 'the contract')})"
+                raise Mismatch(f"{label} has dtype {got.dtype}; expected {want_dtype}{source}")
+            if want_device is not None and got.device.type != torch.device(want_device).type:
+                where = f" (where {device} is)" if isinstance(device, str) else ""
+                raise Mismatch(f"{label} is on {got.device}; expected {want_device}{where}")
+            if finite and not bool(torch.isfinite(got).all()):
+                raise Mismatch(f"{label} contains NaN or infinite values")
+
+    return Aspect(name, points, judge, shrink=False, device=isinstance(device, str), gated_by=tuple(gated_by))
+
+
 def dtype_device_aspect(dtype_from: str | torch.dtype | None, device_from: str | None = None, points: float = 1,
                         name: str = "output dtype and device follow the input",
-                        items: Callable[[Any], list[tuple[str, Any]]] = _whole_result) -> Aspect:
+                        items: Callable[[Any], list[tuple[str, Any]]] = _whole_result,
+                        gated_by: tuple[str, ...] = ()) -> Aspect:
     """A test that every item of the result is a tensor with the expected dtype, on the expected device.
 
     Args:
         dtype_from: the argument whose dtype the result must have, a fixed dtype, or None (the default dtype).
         device_from: the argument whose device the result must be on, or None (the CPU).
         items: splits the result into labelled items (default: the whole result).
+        gated_by: the value aspects it depends on: pass the values test's name (issue 9: no
+            point for the form of wrong values). :class:`Agreement` does this itself.
 
-    Where the device comes from an argument the aspect is a device test, so that grading on the
-    CPU also runs the function on the meta device (:func:`device_leak`).
+    An :func:`output_aspect` judging dtype and device only.
     """
     if isinstance(dtype_from, str):
         source = f"the dtype of {dtype_from}"
     else:
         source = "the default dtype" if dtype_from is None else "the contract"
-
-    def judge(inputs: Inputs, outcome: Outcome) -> None:
-        arguments = inputs.arguments()
-        if isinstance(dtype_from, str):
-            dtype = arguments[dtype_from].dtype
-        else:
-            dtype = torch.get_default_dtype() if dtype_from is None else dtype_from
-        device = arguments[device_from].device if device_from else torch.device("cpu")
-        for label, got in items(outcome.value):
-            got = as_tensor(got, label)
-            if got.dtype != dtype:
-                raise Mismatch(f"{label} has dtype {got.dtype}; expected {dtype} ({source})")
-            if got.device.type != device.type:
-                where = f" (where {device_from} is)" if device_from else ""
-                raise Mismatch(f"{label} is on {got.device}; expected {device}{where}")
-
-    return Aspect(name, points, judge, shrink=False, device=device_from is not None)
+    dtype = (lambda inputs: torch.get_default_dtype()) if dtype_from is None else dtype_from
+    return output_aspect(name, points, dtype=dtype, device=device_from or torch.device("cpu"), items=items,
+                         gated_by=gated_by, dtype_source=source)
 
 
 @dataclass(frozen=True)
@@ -346,8 +427,16 @@ class Agreement(Property):
     """A :class:`Property` whose main test is agreement with the reference, plus dtype and device.
 
     Attributes (besides :class:`Property`'s):
-        reference: the reference function; it is called on the inputs in float64.
-        tolerance: how close the values must be, with its justification.
+        reference: the reference function, called on the inputs in float64; or a tuple of
+            references, all correct conventions (improved-diffusion's tanh approximation of
+            the normal CDF and the exact one): the values pass when they match any of them.
+            A failure is reported against the first.
+        tolerance: how close the values must be (the grading tolerance), with its justification;
+            ``diagnosis_tolerance`` (:class:`Property`) is how close a known mistake must come.
+        scale: ``scale(inputs_in_float64)``, the size the round-off is relative to (the formula's
+            terms, :func:`~grader.checks.compare.compare`); None: |expected|. ``scale_what`` names it.
+        value_dtype_from: the argument whose dtype, with the result's, picks the tolerance
+            (float64's only when both are float64); None: the result's dtype alone.
         outputs: names of the items when the function returns a tuple, else None.
         broadcastable: names of tuple items that may come back broadcastable to the expected shape.
         dtype_from: the argument whose dtype the output must have, or a fixed dtype.
@@ -357,8 +446,11 @@ class Agreement(Property):
     """
 
     aspects: tuple[Aspect, ...] = ()
-    reference: Callable | None = None
+    reference: Callable | tuple[Callable, ...] | None = None
     tolerance: Tolerance = DEFAULT_TOLERANCE
+    scale: Callable[[Inputs], torch.Tensor] | None = None
+    scale_what: str = ""
+    value_dtype_from: str | None = None
     outputs: tuple[str, ...] | None = None
     broadcastable: frozenset = frozenset()
     dtype_from: Any = None
@@ -368,10 +460,11 @@ class Agreement(Property):
     what: str = "matches the reference"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         aspects = [Aspect(self.what, self.points, self._judge_values)]
         if self.dtype_points:
             aspects.append(dtype_device_aspect(self.dtype_from, self.device_from, self.dtype_points,
-                                               items=self._items))
+                                               items=self._items, gated_by=(self.what,)))
         object.__setattr__(self, "aspects", tuple(aspects))
 
     def _items(self, value: Any) -> list[tuple[str, Any]]:
@@ -381,7 +474,23 @@ class Agreement(Property):
         return [(f"`{name}` (item {i} of the result)", item) for i, (name, item) in enumerate(zip(self.outputs, items))]
 
     def _judge_values(self, inputs: Inputs, outcome: Outcome) -> None:
-        expected = inputs.call_reference(self.reference)
+        references = self.reference if isinstance(self.reference, tuple) else (self.reference,)
+        first: Mismatch | None = None
+        for reference in references:
+            try:
+                self._compare(inputs, outcome, reference)
+                return
+            except Mismatch as mismatch:
+                first = first or mismatch
+        raise first
+
+    def _compare(self, inputs: Inputs, outcome: Outcome, reference: Callable) -> None:
+        expected = inputs.call_reference(reference)
         expected_items = [expected] if self.outputs is None else list(expected)
-        for (label, got), exp, name in zip(self._items(outcome.value), expected_items, self.outputs or ("",)):
-            compare_values(as_tensor(got, label), exp, self.tolerance, label, broadcast=name in self.broadcastable)
+        scale = self.scale(inputs.in_float64()) if self.scale is not None else None
+        scales = [scale] * len(expected_items) if not isinstance(scale, (tuple, list)) else list(scale)
+        dtype = inputs.arguments()[self.value_dtype_from].dtype if self.value_dtype_from else None
+        for (label, got), exp, name, size in zip(self._items(outcome.value), expected_items, self.outputs or ("",),
+                                                 scales):
+            compare(got, exp, self.tolerance, label, broadcast=name in self.broadcastable, scale=size,
+                    scale_what=self.scale_what, dtype=dtype)

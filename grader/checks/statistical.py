@@ -21,7 +21,7 @@ from grader.checks.base import Check, Context, Inputs, Outcome, TestSpec, Verdic
 from grader.checks.compare import Mismatch
 from grader.stats import Statistic
 
-__all__ = ["StatReport", "Statistical", "residual_plot"]
+__all__ = ["StatReport", "Statistical", "Unanswered", "residual_plot", "stat_verdict", "value_of"]
 
 
 @dataclass
@@ -62,30 +62,39 @@ class Statistical(Check):
         return [TestSpec(f"{self.function}: {self.name}", self.points, "statistical")]
 
     def run(self, ctx: Context) -> list[Verdict]:
-        try:
-            report = self.procedure(ctx, self.alpha)
-        except Unanswered as exc:
-            return [Verdict(False, exc.outcome.explain(self.function), {"traceback": exc.outcome.traceback})]
-        except Mismatch as exc:
-            return [Verdict(False, str(exc), dict(exc.details))]
-        passed = all(s.passed for s in report.statistics)
-        if passed:
-            output = "passed: " + "; ".join(s.describe() for s in report.statistics)
-        else:
-            failed = [s for s in report.statistics if not s.passed]
-            ordered = failed + [s for s in report.statistics if s.passed]
-            output = (f"the distribution of {self.function}'s output is not the expected one "
-                      f"({failed[0].name} is off).\n" + "\n".join(s.describe() for s in ordered))
-        if report.note:
-            output += "\n" + report.note
-        output += (f"\nA correct implementation fails this test with probability at most {self.alpha:.0e}: "
-                   f"{self.derivation}")
-        details = {"statistics": [s.as_dict() for s in report.statistics]}
-        if report.inputs is not None:
-            details["input"] = report.inputs.describe()
-        if not passed and report.residuals is not None:
-            details["plot"] = residual_plot(report.residuals, f"{self.function}: {self.name}")
-        return [Verdict(passed, output, details)]
+        return [stat_verdict(self, lambda: self.procedure(ctx, self.alpha))]
+
+
+def stat_verdict(check, measure: Callable[[], StatReport]) -> Verdict:
+    """The verdict of a statistical test (``check`` has function, name, alpha, derivation) on what ``measure`` reports.
+
+    :class:`Unanswered` (no value) and :class:`~grader.checks.compare.Mismatch` (a wrong
+    type or shape) raised by ``measure`` are failed tests with their one-line reason.
+    """
+    try:
+        report = measure()
+    except Unanswered as exc:
+        return Verdict(False, exc.outcome.explain(check.function), {"traceback": exc.outcome.traceback})
+    except Mismatch as exc:
+        return Verdict(False, str(exc), dict(exc.details))
+    passed = all(s.passed for s in report.statistics)
+    if passed:
+        output = "passed: " + "; ".join(s.describe() for s in report.statistics)
+    else:
+        failed = [s for s in report.statistics if not s.passed]
+        ordered = failed + [s for s in report.statistics if s.passed]
+        output = (f"the distribution of {check.function}'s output is not the expected one "
+                  f"({failed[0].name} is off).\n" + "\n".join(s.describe() for s in ordered))
+    if report.note:
+        output += "\n" + report.note
+    output += (f"\nA correct implementation fails this test with probability at most {check.alpha:.0e}: "
+               f"{check.derivation}")
+    details = {"statistics": [s.as_dict() for s in report.statistics]}
+    if report.inputs is not None:
+        details["input"] = report.inputs.describe()
+    if not passed and report.residuals is not None:
+        details["plot"] = residual_plot(report.residuals, f"{check.function}: {check.name}")
+    return Verdict(passed, output, details)
 
 
 class Unanswered(Exception):

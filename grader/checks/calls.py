@@ -1,0 +1,263 @@
+"""Judges of how a sampler uses its model and its generator: :class:`ModelCalls`, :class:`Reproducible`.
+
+Both are aspects (:class:`~grader.checks.property.Aspect`) of a
+:class:`~grader.checks.property.Property`, judged on every drawn case.
+
+* :class:`ModelCalls` reads the calls a recorded model logged (``ctx.model_spec(...,
+  record=True)``; ``Outcome.model_calls``): how many sample-evaluations at each level
+  (a timestep t or a noise level σ), with the level passed as a ``(B,)`` tensor, in
+  which order.
+* :class:`Reproducible` runs the function several times through one probe,
+  :func:`seeded_runs` — with generators seeded alike, and optionally one seeded
+  otherwise — and judges that the same seed gives the same samples (and another seed
+  others). Its :meth:`Reproducible.first` picks the first run's result for the
+  output aspects of the same check.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+
+from grader.checks.base import Context, Inputs, Outcome
+from grader.checks.compare import Mismatch, as_tensor, as_tuple
+from grader.checks.property import Aspect
+
+__all__ = ["ModelCalls", "Reproducible", "seeded_runs"]
+
+Block = tuple[Any, int]  # (level or None, rows): consecutive sample-evaluations at one level
+
+
+def _same_level(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return a is None and b is None
+    return abs(a - b) <= 1e-5 * max(abs(a), abs(b))
+
+
+@dataclass(frozen=True)
+class ModelCalls:
+    """The expected evaluations of a recorded model, and the judge of the logged ones.
+
+    Attributes:
+        expected: ``expected(inputs) -> [(level, rows), ...]``: one run's evaluations in order
+            (level None where the model takes none, e.g. a plain score).
+        level: ``"timestep"`` (t a LongTensor of shape (B,)) or ``"noise level"`` (σ a
+            floating tensor of shape (B,), the same value for the whole batch).
+        order: ``"blocks"``: the calls, consecutive ones at one level merged, must be exactly
+            the expected blocks (any split of a batch is accepted); ``"ends"``: each level gets
+            its number of sample-evaluations, in any batching, and the first and last calls are
+            at the first and last level (a loop over samples is accepted).
+        runs: how many runs of the function one outcome holds (a :class:`Reproducible` probe
+            runs it several times).
+        model: the model argument's name, for messages.
+        what: ``what(inputs) -> str``, the sentence that says what was expected (blocks order),
+            or names the walk ("ddim_timesteps(1000, 10, 'leading')", ends order).
+    """
+
+    expected: Callable[[Inputs], list[Block]]
+    level: str = "timestep"
+    order: str = "blocks"
+    runs: int = 1
+    model: str = "the model"
+    what: Callable[[Inputs], str] = lambda inputs: ""
+
+    def aspect(self, name: str, points: float = 1) -> Aspect:
+        return Aspect(name, points, self.judge, shrink=False)
+
+    def judge(self, inputs: Inputs, outcome: Outcome) -> None:
+        calls = outcome.model_calls[0] if outcome.model_calls else []
+        if self.order == "ends":
+            self._judge_ends(inputs, calls)
+        else:
+            self._judge_blocks(inputs, calls)
+
+    # -- levels ------------------------------------------------------------------------------
+
+    def _timestep(self, number: int, call: dict) -> torch.Tensor:
+        level = call.get("level")
+        if not isinstance(level, torch.Tensor) or level.dtype != torch.long or tuple(level.shape) != (call["batch"],):
+            shown = "nothing" if level is None else (
+                "a single number (not one timestep per sample)" if isinstance(level, torch.Tensor) and level.ndim == 0
+                else f"a {str(level.dtype).replace('torch.', '')} tensor of shape {tuple(level.shape)}"
+                if isinstance(level, torch.Tensor) else type(level).__name__)
+            raise Mismatch(f"call {number} of {self.model} passed t as {shown} for a batch of {call['batch']}; "
+                           "the model takes t as a LongTensor of shape (B,), one timestep per sample "
+                           "(torch.full((B,), t, dtype=torch.long, device=x.device))")
+        return level
+
+    def _merged(self, calls: list[dict]) -> list[list]:
+        """Consecutive calls at one level merged: [level or None, rows, problem with the level or ""]."""
+        blocks: list[list] = []
+        for number, call in enumerate(calls, start=1):
+            rows, level = int(call.get("batch", -1)), call.get("level")
+            problem, value = "", None
+            if self.level == "timestep" and level is not None:
+                try:
+                    t = self._timestep(number, call)
+                    value = int(t[0]) if t.numel() else None
+                    if t.numel() and not bool((t == t[0]).all()):
+                        problem = f"{self.model} was called with different timesteps within one batch"
+                except Mismatch as exc:
+                    problem = str(exc)
+            elif level is not None:
+                level = torch.as_tensor(level).detach().to("cpu", torch.float64)
+                if level.ndim != 1 or level.numel() != rows:
+                    problem = (f"{self.model} was called with sigma of shape {tuple(level.shape)} for a batch of "
+                               f"{rows}; the course's score models take σ as a float tensor of shape (B,)")
+                if level.numel() == 0:
+                    value = float("nan")
+                else:
+                    value = float(level.flatten()[0])
+                    if not bool(torch.allclose(level, torch.full_like(level, value), rtol=1e-6, atol=0)):
+                        problem = problem or f"{self.model} was called with different σ within one batch"
+            if blocks and _same_level(blocks[-1][0], value):
+                blocks[-1][1] += rows
+                blocks[-1][2] = blocks[-1][2] or problem
+            else:
+                blocks.append([value, rows, problem])
+        return blocks
+
+    @staticmethod
+    def _describe(blocks: list) -> str:
+        parts = [f"{rows} rows" if level is None else f"{rows} rows at {'t' if isinstance(level, int) else 'σ'} = "
+                 f"{level:.5g}" for level, rows, *_ in blocks[:8]]
+        more = f", … ({len(blocks)} groups)" if len(blocks) > 8 else ""
+        return "[" + ", ".join(parts) + more + "]"
+
+    def _as_calls(self, blocks: list[Block]) -> list[dict]:
+        dtype = torch.long if self.level == "timestep" else torch.float64
+        return [{"batch": rows, "level": None if level is None else torch.full((rows,), level, dtype=dtype)}
+                for level, rows in blocks if rows > 0]
+
+    # -- the two orders ----------------------------------------------------------------------
+
+    def _judge_blocks(self, inputs: Inputs, calls: list[dict]) -> None:
+        got = self._merged(calls)
+        for _, _, problem in got:
+            if problem:
+                raise Mismatch(problem)
+        one_run = [(level, rows) for level, rows in self.expected(inputs) if rows > 0]
+        expected = self._merged(self._as_calls(one_run * self.runs))
+        ok = len(got) == len(expected) and all(g[1] == e[1] and _same_level(g[0], e[0]) for g, e in zip(got, expected))
+        if not ok:
+            half = self._describe(self._merged(self._as_calls(one_run)))
+            runs = "Your two runs evaluated" if self.runs == 2 else (
+                "Your runs evaluated" if self.runs > 2 else "Your function evaluated")
+            raise Mismatch(f"{self.what(inputs)}\nExpected{' per run' if self.runs > 1 else ''}, in this order: "
+                           f"{half}\n{runs}: {self._describe(got)}", expected=half, got=self._describe(got))
+
+    def _judge_ends(self, inputs: Inputs, calls: list[dict]) -> None:
+        walk = [level for level, _ in self.expected(inputs)]
+        rows = {level: n for level, n in self.expected(inputs)}
+        where = self.what(inputs)
+        if not calls:
+            raise Mismatch(f"{self.model} was never called")
+        counts: Counter = Counter()
+        for number, call in enumerate(calls, start=1):
+            counts.update(self._timestep(number, call).tolist())
+        expected = Counter(rows)
+        if counts != expected:
+            extra = sorted(set(counts) - set(expected))
+            missing = sorted(set(expected) - set(counts))
+            detail = []
+            if extra:
+                detail.append(f"at timesteps that are not in {where}: {extra[:8]}")
+            if missing:
+                detail.append(f"never at {missing[:8]}")
+            wrong = [t for t in walk if t in counts and counts[t] != rows[t]]
+            if wrong:
+                detail.append(f"{counts[wrong[0]]} sample-evaluations at t = {wrong[0]} instead of {rows[wrong[0]]}")
+            batch = rows[walk[0]] if walk else 0
+            raise Mismatch(f"{self.model} made {sum(counts.values())} sample-evaluations in {len(calls)} calls; "
+                           f"expected {len(walk)} per sample ({sum(rows.values())} for a batch of {batch}), one at "
+                           f"each of {where} = {walk[:12]}{' …' if len(walk) > 12 else ''}: " + "; ".join(detail))
+        first, last = calls[0]["level"].tolist()[0], calls[-1]["level"].tolist()[0]
+        if (first, last) != (walk[0], walk[-1]):
+            down = walk[0] > walk[-1]
+            raise Mismatch(f"the first model call is at t = {first} and the last at t = {last}; "
+                           f"{'sampling' if down else 'inversion'} walks {where} "
+                           f"{'down from' if down else 'up from'} t = {walk[0]} to t = {walk[-1]}")
+
+
+def seeded_runs(ns, *args, _function, _generators, **kwargs):
+    """Probe: ``function(*args, **kwargs, generator=g)`` once per generator; the results and the default dtype."""
+    kwargs.pop("generator", None)
+    function = getattr(ns, _function)
+    return tuple(function(*args, **kwargs, generator=g) for g in _generators) + (str(torch.get_default_dtype()),)
+
+
+@dataclass(frozen=True)
+class Reproducible:
+    """Same generator seed, same samples (and, with ``other_seed``, another seed, other samples).
+
+    Use :meth:`build` to wrap a case builder whose inputs carry the student's generator in
+    ``kwargs["generator"]`` (``ctx.generator_spec(seed=...)``), :data:`seeded_runs` as the
+    check's probe, :meth:`aspect` for the test itself, and :meth:`first` as the ``items``
+    of output aspects that judge the first run's result. The probe runs the function with
+    that generator, a second one seeded alike and, with ``other_seed``, a third seeded
+    ``seed + 1``; a recorded model logs every run (``ModelCalls(runs=...)``).
+
+    Attributes:
+        function: the function under test.
+        other_seed: also require that another seed gives other samples (only where a correct
+            sampler's output depends on its noise for every case drawn).
+        advice: what to tell a student whose runs differ.
+    """
+
+    function: str
+    other_seed: bool = False
+    advice: str = ("draw every random number with `generator` (torch.randn(shape, generator=generator, ...)), "
+                   "never with the global random state (torch.randn_like, torch.randn without generator)")
+
+    @property
+    def runs(self) -> int:
+        return 3 if self.other_seed else 2
+
+    probe = staticmethod(seeded_runs)
+
+    def build(self, build: Callable[[Any, Context], Inputs]) -> Callable[[Any, Context], Inputs]:
+        def wrapped(case: Any, ctx: Context) -> Inputs:
+            inputs = build(case, ctx)
+            spec = inputs.kwargs["generator"]
+            generators = [spec, dict(spec)] + ([{**spec, "seed": spec["seed"] + 1}] if self.other_seed else [])
+            inputs.hidden.update({"_function": self.function, "_generators": generators})
+            return inputs
+
+        return wrapped
+
+    def results(self, outcome: Outcome) -> list[torch.Tensor]:
+        names = ("first", "again", "other")[: self.runs] + ("default dtype",)
+        items = as_tuple(outcome.value, names, "the probe's result")
+        return [as_tensor(x, f"{self.function}'s result" + ("" if i == 0 else f" ({name} run)"))
+                for i, (x, name) in enumerate(zip(items, names[:-1]))]
+
+    def default_dtype(self, outcome: Outcome) -> str:
+        return outcome.value[-1]
+
+    def first(self, value: Any) -> list[tuple[str, Any]]:
+        """``items`` for output aspects: the first run's result."""
+        items = as_tuple(value, ("first",) * self.runs + ("default dtype",), "the probe's result")
+        return [(f"{self.function}'s result", items[0])]
+
+    def aspect(self, name: str, points: float = 1, *, shape: Callable[[Inputs], tuple] | None = None,
+               finite: bool = False, gated_by: tuple[str, ...] = ()) -> Aspect:
+        """The test; with ``shape`` (a function of the inputs) and ``finite`` it first requires the first
+        run's result to have that shape and finite values (samples that can be compared at all)."""
+
+        def judge(inputs: Inputs, outcome: Outcome) -> None:
+            results = self.results(outcome)
+            first, again = results[0], results[1]
+            if shape is not None and tuple(first.shape) != tuple(shape(inputs)):
+                raise Mismatch(f"{self.function}'s result has shape {tuple(first.shape)}; expected {tuple(shape(inputs))}")
+            if finite and not bool(torch.isfinite(first).all()):
+                raise Mismatch(f"{self.function}'s result contains NaN or infinite values")
+            if first.shape != again.shape or not torch.equal(first.to("cpu"), again.to("cpu")):
+                raise Mismatch(f"two runs with generators seeded alike gave different samples: {self.advice}")
+            if self.other_seed and torch.equal(first.to("cpu"), results[2].to("cpu")):
+                raise Mismatch(f"generators with different seeds gave the same samples: is {self.function} "
+                               "reseeding, or ignoring `generator`?")
+
+        return Aspect(name, points, judge, gated_by=gated_by)
