@@ -37,6 +37,7 @@ was given (tensors on the input's device and dtype, or arrays).
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -108,10 +109,12 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 
     if sigma1.shape != (d, d) or sigma2.shape != (d, d):
         raise ValueError(f"sigma1 and sigma2 must be ({d}, {d}), got {sigma1.shape} and {sigma2.shape}.")
     diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(d) * eps
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    with warnings.catch_warnings():  # pytorch-fid's disp=False: a singular product is handled below, not warned about
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+        if not np.isfinite(covmean).all():
+            offset = np.eye(d) * eps
+            covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=IMAGINARY_ATOL):
             largest = np.max(np.abs(covmean.imag))
