@@ -152,6 +152,8 @@ def submit_command(path: Path, out: Path, options: SubmitOptions, exercise: str 
                "--memory-limit", str(limits.memory_bytes), "--threads", str(limits.threads or 1)]
     if exercise:
         command += ["--exercise", exercise]
+    if options.require_isolation:
+        command.append("--require-isolation")
     return command
 
 

@@ -62,6 +62,9 @@ def _add_grading_options(p: argparse.ArgumentParser) -> None:
                    help="memory the submission may allocate (default 4G)")
     p.add_argument("--threads", type=int, default=1, metavar="N",
                    help="torch threads in the submission's kernel (default 1: fast and steady for small tensors)")
+    p.add_argument("--require-isolation", action="store_true",
+                   help="refuse to grade (exit 2) unless the operating system confines the kernel "
+                        "(Linux: Landlock ABI >= 6 and a user+PID namespace); for summative grading")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -146,7 +149,8 @@ def _options(args: argparse.Namespace, out: Path | None):
                     memory_bytes=args.memory_limit, batch_timeout=max(120.0, 4 * args.call_timeout),
                     threads=max(1, args.threads))
     return SubmitOptions(seed=args.seed, device=args.device, timeout=args.timeout, limits=limits, out=out,
-                         exercise=getattr(args, "exercise", None))
+                         exercise=getattr(args, "exercise", None),
+                         require_isolation=getattr(args, "require_isolation", False))
 
 
 def _submit(args: argparse.Namespace) -> int:
@@ -216,6 +220,10 @@ def _generate(args: argparse.Namespace) -> int:
 def _batch(args: argparse.Namespace) -> int:
     from grader.batch import grade_batch
 
+    if args.require_isolation:  # refuse before grading anyone (each `grade submit` checks again)
+        from grader.sandbox import isolation
+
+        isolation.require(isolation.probe())
     return grade_batch(args.submissions, args.out, jobs=args.jobs, exercise=args.exercise,
                        options=_options(args, None), scheduler=args.scheduler, regrade=args.regrade,
                        progress={"auto": None, "bar": True, "lines": False}[args.progress])
@@ -273,6 +281,15 @@ def _terminate_cleanly() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
+def _refuse_in_a_release(command: str) -> None:
+    """A student release has the public checks only: grading needs the course's grader."""
+    from grader.release import is_release
+
+    if command != "list" and is_release():
+        raise UsageError(f"grade {command} needs the course's grader; this is the student release, which runs "
+                         "the public checks only: call check(fn) in your notebook")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``grade`` with ``argv`` (default: the command line); the exit status."""
     parser = build_parser()
@@ -281,6 +298,7 @@ def main(argv: list[str] | None = None) -> int:
     command = {"submit": _submit, "generate": _generate, "batch": _batch, "export": _export, "release": _release,
                "list": _list}[args.command]
     try:
+        _refuse_in_a_release(args.command)
         return command(args)
     except GraderError as exc:
         print(f"grade: error: {exc}", file=sys.stderr)

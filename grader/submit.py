@@ -43,6 +43,8 @@ class SubmitOptions:
         limits: the kernel's resource limits (per cell, per call, memory).
         out: the feedback folder, which the submission may not touch.
         exercise: grade as this exercise, whatever the notebook says.
+        require_isolation: refuse to grade (:class:`~grader.sandbox.isolation.IsolationError`, exit
+            status 2) unless every operating-system wall is in force around the kernel.
     """
 
     seed: int = DEFAULT_SEED
@@ -51,6 +53,7 @@ class SubmitOptions:
     limits: Limits = field(default_factory=Limits)
     out: Path | None = None
     exercise: str | None = None
+    require_isolation: bool = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -148,8 +151,21 @@ def grade_submission(path: Path | str, options: SubmitOptions = SubmitOptions())
         nbformat.write(notebook, workdir / "submission.ipynb")
         forbidden = _forbidden_dirs(submission, options.out, workdir)
         with SandboxKernel(workdir, options.limits, forbidden) as kernel:
+            isolation = _check_isolation(kernel.walls.isolation, options.require_isolation)
             runs = kernel.run_notebook(notebook, deadline)
             ctx = Context(KernelRunner(kernel, deadline), device, options.seed, exercise.name)
             rows = run_checks(exercise.all_checks(), ctx, deadline)
     result = to_results(exercise, rows, runs, notebook, submission.path, options, device, time.monotonic() - started)
+    result.isolation = isolation
     return result, notebook
+
+
+def _check_isolation(isolation: dict, required: bool) -> dict:
+    """Warn (one line on stderr) when a wall is missing; refuse to grade when they are required."""
+    from grader.sandbox.isolation import complete, describe, require
+
+    if not complete(isolation):
+        if required:
+            require(isolation)
+        print(describe(isolation), file=sys.stderr)
+    return isolation

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from grader.errors import GraderError
 
-__all__ = ["IsolationError", "complete", "describe", "plan", "read_report", "system_read_paths"]
+__all__ = ["IsolationError", "Walls", "complete", "describe", "plan", "read_report", "shortfall", "system_read_paths"]
 
 #: System folders the kernel reads (and executes from): the C library, shared libraries, torch's
 #: CPU feature probes (/proc, /sys). /proc shows other processes' names, but their memory,
@@ -115,8 +115,8 @@ def complete(isolation: dict) -> bool:
         and isolation.get("memory") == "watchdog"
 
 
-def describe(isolation: dict) -> str:
-    """One line naming what is missing ("" when everything is in force)."""
+def shortfall(isolation: dict) -> str:
+    """What is missing and why, e.g. "file system, network, signals: Landlock ABI 0 on darwin"; "" when nothing."""
     missing = [name for key, name in (("filesystem", "file system"), ("network", "network"),
                                       ("signals", "signals"), ("pid_namespace", "process namespace"))
                if not isolation.get(key)]
@@ -126,9 +126,16 @@ def describe(isolation: dict) -> str:
         return ""
     why = isolation.get("error") or isolation.get("pid_namespace_error") or \
         f"Landlock ABI {isolation.get('landlock_abi', 0)} on {sys.platform}"
-    return (f"grader: warning: the kernel is not confined ({', '.join(missing)}: {why}); "
-            "the in-process guard is advice, not a wall — use --require-isolation for summative grading")
+    return f"{', '.join(missing)}: {why}"
 
+
+def describe(isolation: dict) -> str:
+    """The one-line terminal warning when a wall is missing ("" when everything is in force)."""
+    missing = shortfall(isolation)
+    if not missing:
+        return ""
+    return (f"grader: warning: the kernel is not confined ({missing}); the in-process guard is advice, "
+            "not a wall — use --require-isolation for summative grading")
 
 class Walls:
     """The walls of one :class:`~grader.sandbox.kernel.SandboxKernel`, from the grader's side.
@@ -214,3 +221,41 @@ class Walls:
     def exit_reason(self) -> str:
         """Why the kernel was killed from outside, when it was ("" otherwise)."""
         return (self.watchdog.tripped if self.watchdog is not None else "") or self.tripped
+
+
+_PROBE = """
+import json, sys
+sys.path.insert(0, sys.argv[1])
+from grader.sandbox import landlock, namespace
+why = namespace.enter()
+report = landlock.restrict([], [])
+report["pid_namespace"] = not why
+if why:
+    report["pid_namespace_error"] = why
+print(json.dumps(report), flush=True)
+"""
+
+
+def probe(timeout: float = 30.0) -> dict:
+    """What the walls would be here, without a kernel: a throwaway process enters them and says.
+
+    For ``grade batch --require-isolation``, which refuses before grading anyone.
+    """
+    import subprocess
+
+    root = str(Path(__file__).resolve().parents[2])
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE, root], capture_output=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL)
+        report = json.loads(done.stdout.decode(errors="replace").strip().splitlines()[-1])
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired) as exc:
+        report = {"error": f"the isolation probe failed ({type(exc).__name__})"}
+    report["memory"] = "watchdog" if report.get("pid_namespace") else "watchdog (process tree)"
+    return report
+
+
+def require(isolation: dict) -> None:
+    """Raise :class:`IsolationError` (one line) unless every wall is in force."""
+    if not complete(isolation):
+        raise IsolationError(f"--require-isolation: not grading, the kernel cannot be confined here "
+                             f"({shortfall(isolation)})")
