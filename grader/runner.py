@@ -27,7 +27,10 @@ class InProcessRunner:
     def run(self, calls: list[dict], seeds: list[int]) -> list[dict]:
         request = wire.loads(wire.dumps({"calls": calls, "seeds": seeds, "call_timeout": self.call_timeout}))
         outcomes: list[dict] = []
-        worker.execute(request, self.namespace, lambda index, outcome: outcomes.append(wire.loads(wire.dumps(outcome))))
+        # The same round trip as from a kernel, and the same checks on the way back: a check behaves
+        # the same in a notebook's check() as under `grade submit`.
+        worker.execute(request, self.namespace, lambda index, outcome: outcomes.append(
+            wire.outcome_from_kernel(wire.loads(wire.dumps(outcome)))))
         return outcomes
 
 

@@ -14,12 +14,15 @@ notebook's definitions again.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import logging
 import os
-import re
+import secrets
 import shutil
 import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -29,6 +32,8 @@ from queue import Empty
 from typing import Any
 
 import nbformat
+import zmq
+import zmq.asyncio
 from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_core.utils import run_sync
@@ -37,11 +42,45 @@ from nbclient.exceptions import DeadKernelError
 
 from grader.errors import GraderError
 from grader.sandbox import procs, wire
+from grader.sandbox.worker import OUTCOME_MIME
 
 __all__ = ["CellRun", "KernelError", "Limits", "SandboxKernel"]
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 GiB = 1024**3
+
+#: The largest message the grader accepts from the kernel on any channel (ZMQ_MAXMSGSIZE: a
+#: bigger one is dropped by ZeroMQ before the grader parses it). One outcome of the largest size
+#: the grader reads back (:data:`grader.sandbox.wire.MAX_OUTCOME_BYTES`) in base64, with room for
+#: the JSON around it; a notebook's outputs are cut far below this anyway (``Limits.output_bytes``).
+MAX_MESSAGE_BYTES = 2 * wire.MAX_OUTCOME_BYTES
+#: The most outcome bytes (torch.save form) one batch may send back: what the grader holds at once.
+MAX_BATCH_BYTES = 4 * wire.MAX_OUTCOME_BYTES
+#: Seconds the grader keeps reading IOPub after the kernel's reply, for the outcomes published
+#: before it (they come through another socket, so they may trail the reply). They are sent before
+#: the reply, so they are normally in hand within milliseconds; 2 s covers a loaded machine, and a
+#: thread that floods IOPub cannot hold the grader longer than this.
+DRAIN_GRACE = 2.0
+#: Characters kept of a cell's error line and of its traceback (the traceback's last ones).
+CELL_ERROR_CHARS, CELL_TRACEBACK_CHARS = 500, 4000
+
+_CONTEXT: zmq.asyncio.Context | None = None
+
+
+def _context() -> zmq.asyncio.Context:
+    """The ZeroMQ context of the grader's kernel clients: every socket refuses oversized messages."""
+    global _CONTEXT
+    if _CONTEXT is None or _CONTEXT.closed:
+        _CONTEXT = zmq.asyncio.Context()
+        _CONTEXT.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    return _CONTEXT
+
+
+class _Manager(AsyncKernelManager):
+    """jupyter_client's kernel manager whose clients use the capped context (:func:`_context`)."""
+
+    def client(self, **kwargs: Any):
+        kwargs.setdefault("context", _context())
+        return super().client(**kwargs)
 
 #: nbclient and jupyter_client log timeouts and restarts as errors on stderr; the grader
 #: reports them itself, in the feedback, so their logs go nowhere.
@@ -199,7 +238,7 @@ class SandboxKernel:
         procs.become_subreaper()
         self._known_children = procs.children(os.getpid())
         # IPC sockets in the private folder: no TCP port for other local users to reach.
-        self.km = AsyncKernelManager(transport="ipc", ip=str(self._private / "kernel"), log=_QUIET)
+        self.km = _Manager(transport="ipc", ip=str(self._private / "kernel"), log=_QUIET)
         self.km._kernel_spec = self._kernel_spec()
         nb = nbformat.v4.new_notebook()
         self.client = _CappedClient(
@@ -226,7 +265,10 @@ class SandboxKernel:
     async def _astart(self) -> None:
         assert self.client is not None and self.km is not None
         self.client.reset_execution_trackers()
-        await self.km.start_kernel(cwd=str(self.workdir), env=self._environment())
+        # The kernel's stdout and stderr are not the grader's: what it prints there (a forged summary,
+        # invalid UTF-8, escape sequences) must reach neither the terminal nor `--json`.
+        await self.km.start_kernel(cwd=str(self.workdir), env=self._environment(), stdin=subprocess.DEVNULL,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await self.client.async_start_new_kernel_client()
 
     def close(self) -> None:
@@ -354,8 +396,10 @@ class SandboxKernel:
             if not self._responsive():
                 self.restart()
             return run
-        trace = _ANSI.sub("", "\n".join(error.get("traceback", [])))
-        return CellRun(index, "error", f"{error.get('ename')}: {error.get('evalue')}"[:500], trace[-4000:], seconds)
+        lines = error.get("traceback", [])
+        trace = "\n".join(str(line) for line in lines[-200:]) if isinstance(lines, list) else ""
+        return CellRun(index, "error", wire.clean_text(f"{error.get('ename')}: {error.get('evalue')}", CELL_ERROR_CHARS),
+                       wire.clean_text(trace, CELL_TRACEBACK_CHARS, keep="tail"), seconds)
 
     def _responsive(self, timeout: float = 5.0) -> bool:
         try:
@@ -363,38 +407,72 @@ class SandboxKernel:
         except DeadKernelError:
             return False
 
-    async def _aexecute_source(self, source: str, timeout: float) -> dict | None:
-        """Run code silently; the shell reply, or None when none came within ``timeout``."""
+    async def _aexecute_source(self, source: str, timeout: float, on_iopub=None) -> dict | None:
+        """Run code silently; the shell reply, or None when none came within ``timeout``.
+
+        IOPub is read all along (a flood cannot pile up) and each of its messages that answers
+        this request goes to ``on_iopub``. After the reply the grader waits for the kernel's
+        "idle" on IOPub (everything the request published has then arrived) for at most
+        :data:`DRAIN_GRACE` seconds, and never past ``timeout``: output that never stops holds
+        nothing up. A kernel that dies leaves what it published before dying to ``on_iopub`` too.
+        """
         assert self.client is not None and self.client.kc is not None
         kc = self.client.kc
         msg_id = kc.execute(source, silent=True, store_history=False, stop_on_error=False)
         deadline = time.monotonic() + timeout
+        shell, iopub = kc.shell_channel.socket, kc.iopub_channel.socket
+        poller = zmq.asyncio.Poller()
+        poller.register(shell, zmq.POLLIN)
+        poller.register(iopub, zmq.POLLIN)
+        reply = None
+        idle = False
+        checked = time.monotonic()
         while True:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            try:
-                msg = await kc.get_shell_msg(timeout=min(0.5, remaining))
-            except Empty:
+            now = time.monotonic()
+            if now >= deadline or (reply is not None and idle):
+                return reply
+            ready = dict(await poller.poll(timeout=max(1, int(1000 * min(0.5, deadline - now)))))
+            if iopub in ready:
+                idle = await self._read_iopub(msg_id, on_iopub, until=deadline) or idle
+            if reply is None and shell in ready:
+                msg = await kc.get_shell_msg(timeout=0)
+                if msg["parent_header"].get("msg_id") == msg_id:
+                    reply = msg
+                    deadline = min(deadline, time.monotonic() + DRAIN_GRACE)
+            if reply is None and time.monotonic() - checked >= 0.5:
+                checked = time.monotonic()
                 if not await kc.is_alive():
-                    raise DeadKernelError("Kernel died") from None
-                continue
-            if msg["parent_header"].get("msg_id") == msg_id:
-                await self._drain_iopub()
-                return msg
+                    await self._read_iopub(msg_id, on_iopub, until=time.monotonic() + 0.5, wait=0.1)
+                    raise DeadKernelError("Kernel died")
 
-    async def _drain_iopub(self) -> None:
+    async def _read_iopub(self, msg_id: str, on_iopub, *, until: float, wait: float = 0.0) -> bool:
+        """Read the IOPub messages at hand (waiting up to ``wait`` s for each), at most until ``until``;
+        pass those that answer ``msg_id`` to ``on_iopub``. True when the kernel's "idle" for it came."""
         kc = self.client.kc
-        while True:
+        idle = False
+        for _ in range(1000):  # then back to the caller, which checks its deadline and the shell
+            if time.monotonic() >= until:
+                break
             try:
-                await kc.get_iopub_msg(timeout=0.01)
+                msg = await kc.get_iopub_msg(timeout=wait)
             except Empty:
-                return
+                break
+            if msg.get("parent_header", {}).get("msg_id") != msg_id:
+                continue
+            if msg.get("msg_type") == "status" and msg.get("content", {}).get("execution_state") == "idle":
+                idle = True
+            elif on_iopub is not None:
+                on_iopub(msg)
+        return idle
 
     # -- calls ------------------------------------------------------------------------------
 
     def call(self, request: dict, deadline: float) -> list[dict]:
         """Serve one batch of calls (see :mod:`grader.sandbox.worker`); one outcome per call.
+
+        The request goes inside the execute_request; the outcomes come back as IOPub messages
+        (:func:`grader.sandbox.worker.serve`), each checked, cleaned and capped here
+        (:meth:`_Outcomes.take`). Nothing of the channel is in a place the kernel can write.
 
         Outcomes the kernel could not produce are made here: ``timeout`` for the call
         in flight when the batch overran, ``crashed`` for the call in flight when the
@@ -405,38 +483,35 @@ class SandboxKernel:
         n = len(request["calls"])
         if self._state.broken:
             return [{"status": "crashed", "message": self._state.broken} for _ in range(n)]
-        folder = self.workdir / f".grader-batch-{self._batch}"
-        folder.mkdir()
-        request_path = folder / "request.pt"
-        request_path.write_bytes(wire.dumps(request))
+        outcomes = _Outcomes(secrets.token_hex(16), n)
+        payload = base64.b64encode(wire.dumps(request)).decode("ascii")
         code = (f"__import__('grader.sandbox.worker', fromlist=['serve']).serve("
-                f"{str(request_path)!r}, {str(folder)!r}, globals())")
+                f"{payload!r}, {outcomes.token!r}, globals())")
         budget = min(self.limits.batch_timeout, max(1.0, deadline - time.monotonic()))
         failure: dict | None = None
         try:
-            reply = run_sync(self._aexecute_source)(code, budget)
+            reply = run_sync(self._aexecute_source)(code, budget, outcomes.take)
             if reply is None:
                 failure = {"status": "timeout", "message": f"timed out after {budget:.0f} s"}
                 self._interrupt_or_restart()
             elif reply["content"].get("status") == "error":
                 content = reply["content"]
-                failure = {"status": "error", "error_type": content.get("ename", "Error"),
-                           "message": f"the call was stopped: {content.get('ename')}: {content.get('evalue')}"[:500]}
+                stopped = wire.clean_text(f"{content.get('ename')}: {content.get('evalue')}", 400)
+                failure = {"status": "error", "error_type": wire.clean_text(content.get("ename", "Error"), 100),
+                           "message": f"the call was stopped: {stopped}"}
         except DeadKernelError:
             failure = {"status": "crashed", "message": f"the process {self.exit_description()}"}
             self.restart()
-        outcomes = []
+        result = []
         for index in range(n):
-            path = folder / f"{index}.pt"
-            outcome = _load_outcome(path) if path.is_file() else None
+            outcome = outcomes.got.get(index)
             if outcome is None:
                 if failure is None:
                     failure = {"status": "crashed", "message": "the call left no result"}
                 outcome = dict(failure)
                 failure = {"status": "skipped", "message": "not run: an earlier call of this batch failed badly"}
-            outcomes.append(outcome)
-        shutil.rmtree(folder, ignore_errors=True)
-        return outcomes
+            result.append(outcome)
+        return result
 
     def _interrupt_or_restart(self) -> None:
         try:
@@ -447,15 +522,54 @@ class SandboxKernel:
             self.restart()
 
 
-def _load_outcome(path: Path) -> dict | None:
-    limit = 2 * wire.MAX_ELEMENTS * 8
-    try:
-        if path.stat().st_size > limit:
-            return {"status": "error", "error_type": "TooLarge", "message": "the returned value is too large"}
-        outcome = wire.loads(path.read_bytes(), map_location=None)
-    except Exception as exc:  # noqa: BLE001 -- a corrupt file is the submission's doing
-        return {"status": "error", "error_type": "TransferError",
-                "message": f"the result could not be read back: {type(exc).__name__}"}
-    if not isinstance(outcome, dict) or "status" not in outcome:
-        return {"status": "error", "error_type": "TransferError", "message": "the result was not understood"}
-    return outcome
+class _Outcomes:
+    """The outcomes of one batch as they arrive on IOPub: checked, cleaned and capped on this side.
+
+    A message counts only if it carries the batch's random ``token`` and the index of a call
+    that has no outcome yet; its payload must be base64 of a plain torch.save archive within
+    :data:`grader.sandbox.wire.MAX_OUTCOME_BYTES`, and the batch's within :data:`MAX_BATCH_BYTES`.
+    Whatever the worker in the kernel was patched to send, the grader keeps at most that.
+    """
+
+    def __init__(self, token: str, n: int) -> None:
+        self.token = token
+        self.n = n
+        self.got: dict[int, dict] = {}
+        self.used = 0
+
+    def take(self, msg: dict) -> None:
+        if msg.get("msg_type") != "display_data":
+            return
+        content = msg.get("content")
+        data = content.get("data") if isinstance(content, dict) else None
+        metadata = content.get("metadata") if isinstance(content, dict) else None
+        if not isinstance(data, dict) or OUTCOME_MIME not in data or not isinstance(metadata, dict):
+            return
+        tag = metadata.get(OUTCOME_MIME)
+        if not isinstance(tag, dict) or tag.get("token") != self.token:
+            return
+        index = tag.get("index")
+        if type(index) is not int or not 0 <= index < self.n or index in self.got:
+            return
+        self.got[index] = self._read(data[OUTCOME_MIME])
+
+    def _read(self, payload) -> dict:
+        if not isinstance(payload, str):
+            return wire.transfer_error("the result sent back was not understood")
+        size = len(payload) * 3 // 4
+        if size > wire.MAX_OUTCOME_BYTES:
+            return wire.transfer_error(f"the returned value is too large to send back "
+                                       f"(over {wire.MAX_OUTCOME_BYTES // 1024**2} MiB)")
+        if self.used + size > MAX_BATCH_BYTES:
+            return wire.transfer_error(f"the values returned by this batch of calls are too large "
+                                       f"(over {MAX_BATCH_BYTES // 1024**2} MiB together)")
+        self.used += size
+        try:
+            raw = wire.loads_untrusted(base64.b64decode(payload, validate=True))
+        except wire.TransferRefused as exc:
+            return wire.transfer_error(f"the result could not be read back: {exc}")
+        except (binascii.Error, ValueError):
+            return wire.transfer_error("the result could not be read back: it is not base64")
+        except Exception as exc:  # noqa: BLE001 -- a corrupt archive is the submission's doing
+            return wire.transfer_error(f"the result could not be read back ({type(exc).__name__})")
+        return wire.outcome_from_kernel(raw)

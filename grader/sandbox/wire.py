@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import io
 import math
+import re
+import zipfile
 from typing import Any, Callable
 
 import torch
@@ -30,8 +32,12 @@ __all__ = [
     "encode",
     "generator_spec",
     "loads",
+    "loads_untrusted",
     "model_spec",
     "module_spec",
+    "outcome_from_kernel",
+    "clean_text",
+    "transfer_error",
 ]
 
 SPEC = "__spec__"
@@ -113,11 +119,19 @@ def _encode(value: Any, depth: int, budget: _Budget) -> Any:
             value = value.detach()
         elif kind is not torch.Tensor:
             return _unsupported(f"a subclass of torch.Tensor ({kind.__qualname__})")
+        # Tensors that hold no values (meta), or values no check can compare (sparse, complex,
+        # quantized), are named here, in a sentence, rather than failing in torch.save or in the grader.
+        if value.is_sparse or value.layout != torch.strided:
+            return _unsupported(f"a {value.layout} tensor (a dense one was expected)")
+        if value.is_meta:
+            return _unsupported("a tensor on the meta device, which holds no values")
+        if value.is_complex():
+            return _unsupported(f"a complex tensor ({value.dtype}); real values were expected")
+        if value.is_quantized:
+            return _unsupported(f"a quantized tensor ({value.dtype})")
         budget.elements += value.numel()
         if budget.elements > MAX_ELEMENTS:
             return _unsupported(f"tensors with more than {MAX_ELEMENTS:,} elements in total")
-        if value.is_sparse or value.layout != torch.strided:
-            return _unsupported(f"a {value.layout} tensor")
         # A view would save its whole storage: clone into a compact tensor.
         return value.detach().clone(memory_format=torch.contiguous_format)
     if kind in (list, tuple):
@@ -152,3 +166,141 @@ def _from_numpy(value: Any) -> Any:
     if isinstance(value, np.generic) and value.dtype.kind in "biuf":
         return value.item()
     return None
+
+
+# -- The grader's side: everything that came back is untrusted --------------------------------------
+#
+# The kernel is the student's process: whatever the worker promises there (its caps, its
+# statuses, its encoding) a submission can patch. So the grader checks again, in its own process,
+# everything it reads back, before a check, results.json, the report or the terminal sees it.
+
+#: Statuses an outcome may have: the worker's, and those the grader makes for calls the kernel
+#: did not answer.
+STATUSES = frozenset({"ok", "error", "missing", "timeout", "memory", "skipped", "crashed"})
+
+#: Bytes one outcome may take in torch.save form. The largest value a check asks for is a batch
+#: of samples (10^5 two-dimensional points in float64 is 1.6 MB); 64 MiB leaves 40x room and bounds
+#: what one call can make the grader hold.
+MAX_OUTCOME_BYTES = 64 * 1024**2
+
+#: Characters kept of each text an outcome carries: a message is one sentence (the worker cuts it at
+#: 2,000), an exception type a name, a traceback the student's last frames (the worker keeps 2,000).
+TEXT_LIMITS = {"message": 2_000, "error_type": 100, "traceback": 4_000}
+#: Strings inside returned values (a function that returned a string: it is shown in the message).
+VALUE_TEXT_LIMIT = 2_000
+#: What the guard refused during one call: the first few say enough.
+MAX_REFUSALS, REFUSAL_LIMIT = 5, 500
+#: Model calls logged for one outcome: a sampler of T ≤ 1,000 steps, a few models, calls per step.
+MAX_MODEL_CALLS = 100_000
+
+# Terminal escape sequences: CSI (colours, cursor moves, erasing the screen), the string
+# sequences OSC/DCS/SOS/PM/APC (window titles, hyperlinks, clipboard writes), and the short escapes.
+_ESCAPE = re.compile(
+    r"(?:\x1b\[|\x9b)[0-?]*[ -/]*[@-~]"
+    r"|(?:\x1b[\]PX^_]|[\x90\x98\x9d\x9e\x9f])[^\x07\x1b\x9c]*(?:\x07|\x1b\\|\x9c)?"
+    r"|\x1b[ -/]*[0-~]"
+)
+# Control characters but \t and \n (C0, DEL, C1), and the bidirectional overrides that make a
+# line read other than it is.
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+class TransferRefused(Exception):
+    """What came back from the kernel is not something the grader will load."""
+
+
+def clean_text(value: Any, limit: int, *, keep: str = "head") -> str:
+    """``value`` as safe text: decoded (invalid UTF-8 and lone surrogates replaced), without escape
+    sequences or control characters but tab and newline, and at most ``limit`` characters plus a
+    note (``keep="tail"`` keeps the end: a traceback's last lines say the most)."""
+    window = 4 * limit + 64  # cut before cleaning, so that cleaning costs O(limit) whatever came back
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        raw = bytes(value)
+        value = (raw[:window] if keep == "head" else raw[-window:]).decode("utf-8", "replace")
+    elif not isinstance(value, str):
+        value = repr(value) if isinstance(value, (int, float, bool, type(None))) else f"<{type(value).__name__}>"
+    text = value[:window] if keep == "head" else value[-window:]
+    text = text.encode("utf-8", "replace").decode("utf-8")
+    text = _CONTROL.sub("", _ESCAPE.sub("", text))
+    if len(text) > limit:
+        if keep == "head":
+            text = text[:limit] + f" [... cut by the grader after {limit:,} characters]"
+        else:
+            text = f"[... cut by the grader: the last {limit:,} characters]\n" + text[-limit:]
+    return text
+
+
+def transfer_error(message: str) -> dict:
+    """The outcome of a call whose result the grader could not, or would not, read back."""
+    return {"status": "error", "error_type": "TransferError", "message": message, "traceback": "",
+            "model_calls": [], "refusals": []}
+
+
+def loads_untrusted(data: bytes, limit: int = MAX_OUTCOME_BYTES) -> Any:
+    """``torch.load(weights_only=True)`` of bytes from the kernel, after checking that they are a
+    plain torch.save archive of at most ``limit`` bytes once unpacked (no compressed members: a
+    small deflated archive could unpack to gigabytes in the grader)."""
+    if len(data) > limit:
+        raise TransferRefused(f"it is larger than the grader's {limit // 1024**2} MiB limit")
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = archive.infolist()
+    except (zipfile.BadZipFile, ValueError, OSError):
+        raise TransferRefused("it is not in torch.save's format") from None
+    if len(members) > _MAX_ITEMS + 16 or any(m.compress_type != zipfile.ZIP_STORED for m in members) \
+            or sum(m.file_size for m in members) > limit:
+        raise TransferRefused("it is not a plain torch.save archive within the grader's size limit")
+    return torch.load(io.BytesIO(data), weights_only=True)
+
+
+def _clean_strings(value: Any) -> Any:
+    if isinstance(value, str):
+        return clean_text(value, VALUE_TEXT_LIMIT)
+    if isinstance(value, list):
+        return [_clean_strings(v) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_clean_strings(v) for v in value)
+    if isinstance(value, dict):
+        return {_clean_strings(k): _clean_strings(v) for k, v in value.items()}
+    return value
+
+
+def _model_calls(calls: Any) -> list | None:
+    """The logs of recorded models (a list per model of dicts per call), or None when malformed."""
+    if not isinstance(calls, list) or not all(isinstance(log, list) for log in calls):
+        return None
+    if sum(len(log) for log in calls) > MAX_MODEL_CALLS:
+        return None
+    if not all(isinstance(entry, dict) for log in calls for entry in log):
+        return None
+    cleaned = _clean_strings(encode(calls)) if calls else []
+    return cleaned if isinstance(cleaned, list) else None
+
+
+def outcome_from_kernel(raw: Any) -> dict:
+    """One outcome as the kernel sent it, checked and cleaned on the grader's side.
+
+    A known status; texts decoded, stripped and capped (:data:`TEXT_LIMITS`); the value
+    reduced again by :func:`encode` (so a meta, sparse or complex tensor that slipped past a patched
+    worker is still a marker) with its strings cleaned; model logs and refusals well formed and
+    bounded. Anything else is a ``TransferError`` outcome that says so.
+    """
+    if not isinstance(raw, dict) or type(raw.get("status")) is not str or raw["status"] not in STATUSES:
+        return transfer_error("the result sent back was not understood")
+    outcome: dict = {"status": raw["status"]}
+    if "value" in raw:
+        outcome["value"] = _clean_strings(encode(raw["value"]))
+    elif raw["status"] == "ok":
+        return transfer_error("the result sent back had no value")
+    for key, limit in TEXT_LIMITS.items():
+        if key in raw:
+            outcome[key] = clean_text(raw[key], limit, keep="tail" if key == "traceback" else "head")
+    calls = _model_calls(raw.get("model_calls", []))
+    if calls is None:
+        return transfer_error("the result sent back had a malformed or oversized log of model calls")
+    outcome["model_calls"] = calls
+    refusals = raw.get("refusals", [])
+    if not isinstance(refusals, list):
+        refusals = []
+    outcome["refusals"] = [clean_text(r, REFUSAL_LIMIT) for r in refusals[:MAX_REFUSALS]]
+    return outcome

@@ -3,8 +3,8 @@
 A request is a list of calls; each names a notebook function (or ships a small
 *probe*: harness code that drives the student's functions, e.g. iterating
 ``q_step``) with its arguments. Each call runs with the global RNGs seeded from
-the request, under a wall-clock alarm, and its outcome is written as soon as it
-is known to ``<result_dir>/<index>.pt`` so that a call that hangs or kills the
+the request, under a wall-clock alarm, and its outcome is published on IOPub as
+soon as it is known (:func:`serve`), so that a call that hangs or kills the
 process still leaves the earlier outcomes behind.
 
 An outcome is a dict: ``status`` ("ok", "error", "missing", "timeout"), and
@@ -15,6 +15,7 @@ logs of recorded models) and ``refusals`` (what the guard refused meanwhile).
 
 from __future__ import annotations
 
+import base64
 import linecache
 import os
 import random
@@ -170,21 +171,54 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-def serve(request_path: str, result_dir: str, namespace: dict) -> None:
-    """The kernel-side entry point: read a request file, write one outcome file per call."""
-    with open(request_path, "rb") as f:
-        request = wire.loads(f.read())
+#: The private mimetype of an outcome on IOPub: base64 of its torch.save bytes.
+OUTCOME_MIME = "application/x-grader-outcome"
+
+
+def _publisher() -> Callable[[dict, dict], None]:
+    """Publish a display_data message on the kernel's IOPub channel and wait until it has left.
+
+    ipykernel sends IOPub messages from a thread of its own; waiting until that thread has
+    handed this one to ZeroMQ means a call that kills the process right after still leaves the
+    earlier outcomes with the grader.
+    """
+    import threading
+
+    from IPython import get_ipython
+
+    shell = get_ipython()
+    io_thread = getattr(getattr(shell, "kernel", None), "iopub_thread", None)
+
+    def publish(data: dict, metadata: dict) -> None:
+        shell.display_pub.publish(data=data, metadata=metadata)
+        if io_thread is not None and getattr(io_thread, "thread", None) is not None and io_thread.thread.is_alive():
+            sent = threading.Event()
+            io_thread.schedule(sent.set)
+            sent.wait(5.0)
+
+    return publish
+
+
+def serve(request_b64: str, token: str, namespace: dict) -> None:
+    """The kernel-side entry point: decode the request, publish one outcome per call on IOPub.
+
+    The request travels inside the execute_request (base64 of its torch.save bytes) and each
+    outcome leaves as a display_data message of mimetype :data:`OUTCOME_MIME`, tagged with the
+    batch's ``token`` and the call's index, as soon as it is known: nothing of the channel is a
+    file that the submission could create, replace or link. The grader checks and caps every
+    outcome again on its side (:func:`grader.sandbox.wire.outcome_from_kernel`).
+    """
+    request = wire.loads(base64.b64decode(request_b64))
+    publish = _publisher()
 
     def emit(index: int, outcome: dict) -> None:
-        path = os.path.join(result_dir, f"{index}.pt")
         try:
             data = wire.dumps(outcome)
         except Exception as exc:  # noqa: BLE001 -- an unsaveable value is the submission's failure
             data = wire.dumps({"status": "error", "error_type": "TransferError",
                                "message": f"the returned value could not be sent back: {exc}"[:_MAX_MESSAGE],
                                "traceback": "", "model_calls": [], "refusals": []})
-        with open(path + ".part", "wb") as f:
-            f.write(data)
-        os.replace(path + ".part", path)
+        publish({OUTCOME_MIME: base64.b64encode(data).decode("ascii")},
+                {OUTCOME_MIME: {"token": token, "index": index}})
 
     execute(request, namespace, emit)
