@@ -51,6 +51,7 @@ from reference.ddim import ddim_sigma, ddim_timesteps
 from reference.toy import GaussianData
 
 __all__ = [
+    "alpha_bar",
     "point_law",
     "standard_normal_law",
     "affine_law",
@@ -114,9 +115,16 @@ def affine_law(law: Law, a, b, s) -> Law:
 # ---------------------------------------------------------------------------------------------
 
 
+def alpha_bar(alphas_cumprod: torch.Tensor, t: int) -> torch.Tensor:
+    """ᾱ_t as a float64 0-dim tensor on the schedule's device, with ᾱ_t = 1 for t < 0 (the clean data)."""
+    if t < 0:
+        return torch.ones((), dtype=torch.float64, device=alphas_cumprod.device)
+    return alphas_cumprod[t].to(torch.float64)
+
+
 def _alpha_bar(alphas_cumprod: torch.Tensor, t: int, data: GaussianData) -> torch.Tensor:
-    """ᾱ_t in float64 with ᾱ_t = 1 for t < 0."""
-    return _f64(1.0, data) if t < 0 else _f64(alphas_cumprod[t], data)
+    """ᾱ_t in float64 on the data's device, with ᾱ_t = 1 for t < 0."""
+    return _f64(alpha_bar(alphas_cumprod, t), data)
 
 
 def _ddim_affine(data: GaussianData, alpha_bar_cur, alpha_bar_next, alpha_bar_eval, sigma):

@@ -1,4 +1,10 @@
-"""Cases and builders shared by the exercises: shapes, dtypes, schedules, timesteps.
+"""The course's input vocabulary, shared by the exercises: shapes, dtypes, seeds, schedules, Gaussian toy draws.
+
+Strategies (hypothesis): :data:`dtypes`, :data:`seeds`, :data:`schedules`, :data:`data_shapes`,
+:data:`horizons`, :func:`diffusion_cases`; materialising: :data:`DTYPES`, :func:`schedule_betas`,
+:func:`schedule_alphas_cumprod`, :func:`gaussian` (N(0, I) draws), :func:`gaussian_params`
+(a diagonal Gaussian's μ and s²); the student's generator and model arguments are
+``ctx.generator_spec(...)`` and ``ctx.model_spec(...)`` (:class:`grader.checks.Context`).
 
 A *case* is a plain dict (ints, tuples, names) that hypothesis draws and shrinks
 and that reads well in feedback; a builder turns it into tensors with a CPU
@@ -8,6 +14,7 @@ that the inputs (and the grade) are the same on every device.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -19,13 +26,27 @@ from reference.q_sampler import compute_alphas_cumprod, cosine_beta_schedule, li
 __all__ = [
     "DTYPES",
     "SCHEDULE_TOLERANCE",
+    "data_shapes",
     "diffusion_cases",
+    "dtypes",
     "gaussian",
+    "gaussian_params",
+    "horizons",
+    "schedule_alphas_cumprod",
     "schedule_betas",
     "schedule_note",
+    "schedules",
+    "seeds",
 ]
 
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+#: The dtypes a case is drawn in, by name (printable in feedback; :data:`DTYPES` maps them).
+dtypes = st.sampled_from(["float32", "float64"])
+#: A case's own seed, for the CPU generator that draws its tensors.
+seeds = st.integers(0, 2**16)
+#: The course's two β schedules (:func:`schedule_betas`).
+schedules = st.sampled_from(["linear", "cosine"])
 
 #: Formulas of the schedule, such as 1 − ᾱ_t, are ill-conditioned where ᾱ_t ≈ 1: a
 #: correct float32 computation (from a float32 schedule, or a float64 one cast first)
@@ -52,6 +73,11 @@ horizons = st.one_of(st.integers(2, 12), st.sampled_from([50, 1000]))
 def schedule_betas(kind: str, T: int) -> torch.Tensor:
     """float64 β of the named schedule ("linear" or "cosine") with the curriculum's defaults."""
     return linear_beta_schedule(T) if kind == "linear" else cosine_beta_schedule(T)
+
+
+def schedule_alphas_cumprod(kind: str, T: int) -> torch.Tensor:
+    """float64 ᾱ of the named schedule."""
+    return compute_alphas_cumprod(schedule_betas(kind, T))
 
 
 def schedule_note(kind: str, T: int, dtype: torch.dtype, what: str = "ᾱ") -> str:
@@ -88,6 +114,13 @@ def boundary_cases(shape: tuple = (3, 2), T: int = 10) -> tuple[dict, ...]:
 def gaussian(shape: tuple, generator: torch.Generator, dtype: torch.dtype, ctx: Context) -> torch.Tensor:
     """N(0, I) draws made in float64 on the CPU, then cast and moved to the grading device."""
     return torch.randn(shape, generator=generator, dtype=torch.float64).to(dtype).to(ctx.device)
+
+
+def gaussian_params(shape: tuple, generator: torch.Generator, low: float, high: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """float64 (μ, s²) of a diagonal Gaussian over ``shape``: μ ~ N(0, 1), s² log-uniform on [low, high]."""
+    mean = torch.randn(shape, generator=generator, dtype=torch.float64)
+    u = torch.rand(shape, generator=generator, dtype=torch.float64)
+    return mean, torch.exp(math.log(low) + (math.log(high) - math.log(low)) * u)
 
 
 def case_tensors(case: dict, ctx: Context) -> dict:

@@ -1,0 +1,94 @@
+"""ModelCalls and Reproducible: judges of how a sampler uses its model and its generator."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import strategies as st
+
+from grader.checks import Context, Inputs, Mismatch, ModelCalls, Outcome, Property, Reproducible, output_aspect
+from grader.runner import InProcessRunner
+
+
+def _calls(*blocks, dtype=torch.long):
+    return [{"batch": rows, "level": None if level is None else torch.full((rows,), level, dtype=dtype)}
+            for level, rows in blocks]
+
+
+def _outcome(calls):
+    return Outcome("ok", None, model_calls=[calls])
+
+
+WALK = ModelCalls(expected=lambda inputs: [(9, 4), (5, 4), (1, 4)], order="ends", model="eps_model",
+                  what=lambda inputs: "the walk")
+
+
+def test_ends_order_accepts_any_batching_and_names_what_is_wrong():
+    WALK.judge(Inputs({}), _outcome(_calls((9, 4), (5, 4), (1, 4))))
+    WALK.judge(Inputs({}), _outcome(_calls((9, 2), (9, 2), (5, 1), (5, 3), (1, 4))))  # split batches
+    with pytest.raises(Mismatch, match="never at \\[1\\]"):
+        WALK.judge(Inputs({}), _outcome(_calls((9, 4), (5, 4))))
+    with pytest.raises(Mismatch, match="the first model call is at t = 1"):
+        WALK.judge(Inputs({}), _outcome(_calls((1, 4), (5, 4), (9, 4))))
+    with pytest.raises(Mismatch, match="a single number"):
+        WALK.judge(Inputs({}), _outcome([{"batch": 4, "level": torch.tensor(9)}]))
+    with pytest.raises(Mismatch, match="never called"):
+        WALK.judge(Inputs({}), _outcome([]))
+
+
+LEVELS = ModelCalls(expected=lambda inputs: [(2.0, 3), (1.0, 3)], level="noise level", runs=2, model="score_fn",
+                    what=lambda inputs: "two levels, in order")
+
+
+def test_blocks_order_requires_each_run_in_order():
+    ok = _calls((2.0, 3), (1.0, 3), (2.0, 1), (2.0, 2), (1.0, 3), dtype=torch.float64)
+    LEVELS.judge(Inputs({}), _outcome(ok))
+    with pytest.raises(Mismatch, match="two levels, in order\nExpected per run"):
+        LEVELS.judge(Inputs({}), _outcome(_calls((1.0, 3), (2.0, 3), (1.0, 3), (2.0, 3), dtype=torch.float64)))
+    with pytest.raises(Mismatch, match="sigma of shape \\(\\)"):
+        LEVELS.judge(Inputs({}), _outcome([{"batch": 3, "level": torch.tensor(2.0)}]))
+    with pytest.raises(Mismatch, match="different σ within one batch"):
+        LEVELS.judge(Inputs({}), _outcome([{"batch": 2, "level": torch.tensor([2.0, 1.0])}]))
+
+
+def sampler(shape, generator=None):
+    return torch.randn(shape, generator=generator)
+
+
+REPRO = Reproducible("sampler", other_seed=True)
+
+
+def _build(case, ctx):
+    return Inputs({"shape": (case["n"], 3)}, {"generator": ctx.generator_spec(seed=case["seed"])})
+
+
+CHECK = Property(function="sampler", cases=st.fixed_dictionaries({"n": st.integers(1, 3), "seed": st.integers(0, 9)}),
+                 build=REPRO.build(_build), probe=REPRO.probe, max_examples=4, aspects=(
+                     REPRO.aspect("the same seed gives the same samples", shape=lambda i: i.args["shape"], finite=True),
+                     output_aspect("default dtype", 1, dtype=torch.float32, items=REPRO.first,
+                                   gated_by=("the same seed gives the same samples",))))
+
+
+def grade(fn):
+    return CHECK.run(Context(InProcessRunner({"sampler": fn}), torch.device("cpu"), 0, "test"))
+
+
+def test_reproducible_passes_a_sampler_that_uses_its_generator():
+    assert [v.passed for v in grade(sampler)] == [True, True]
+
+
+def test_reproducible_fails_global_noise_and_ignored_seeds():
+    global_noise = grade(lambda shape, generator=None: torch.randn(shape))
+    assert not global_noise[0].passed and "seeded alike gave different samples" in global_noise[0].output
+    assert not global_noise[1].passed  # gated: no form point without reproducible samples
+    reseeding = grade(lambda shape, generator=None: torch.randn(shape, generator=torch.Generator().manual_seed(0)))
+    assert not reseeding[0].passed and "different seeds gave the same samples" in reseeding[0].output
+    assert "has shape (5,)" in grade(lambda shape, generator=None: torch.zeros(5))[0].output
+
+
+def test_ctx_builds_generator_and_model_specs_on_the_grading_device():
+    ctx = Context(InProcessRunner({}), torch.device("cpu"), 3, "test")
+    assert ctx.generator_spec(seed=7) == {"__spec__": "generator", "seed": 7, "device": "cpu"}
+    assert ctx.generator_spec("a")["seed"] == ctx.seed_for("a") % 2**63
+    spec = ctx.model_spec("gaussian_eps", dtype=torch.float32, mean=torch.zeros(2, dtype=torch.float64), k=1)
+    assert spec["params"]["mean"].dtype == torch.float32 and spec["params"]["k"] == 1 and spec["record"] is False
