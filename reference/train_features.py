@@ -60,8 +60,18 @@ def draw_targets(n: int, generator: torch.Generator):
 
 
 def train(steps: int = STEPS, log=print) -> ShapesFeatures:
+    """The trained model (one thread, deterministic algorithms; the caller's settings restored after)."""
+    threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
+    try:
+        return _train(steps, log)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+
+
+def _train(steps: int, log) -> ShapesFeatures:
     images, labels, targets = draw_targets(TRAIN_SIZE, torch.Generator().manual_seed(0))
     torch.manual_seed(1)  # the initialisation
     model = ShapesFeatures()
