@@ -34,7 +34,7 @@ _SYSTEM_READ = ["/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", 
 _ETC_READ = ["ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "passwd", "group",
              "nsswitch.conf", "host.conf", "hosts", "mime.types", "fonts", "ssl/certs", "ca-certificates",
              "os-release", "matplotlibrc", "locale.alias"]
-_DEVICES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]
+DEVICES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]
 
 
 class IsolationError(GraderError):
@@ -91,7 +91,7 @@ def plan(workdir: Path, tmpdir: Path, forbidden: list[Path]) -> dict:
     """
     banned = [os.path.realpath(p) for p in forbidden]
     readable, listed = _minus(python_read_paths() + system_read_paths(), banned)
-    return {"read": readable, "list": listed, "write": [str(workdir), str(tmpdir)], "devices": _DEVICES}
+    return {"read": readable, "list": listed, "write": [str(workdir), str(tmpdir)], "devices": DEVICES}
 
 
 def read_report(path: Path, memory: str) -> dict:

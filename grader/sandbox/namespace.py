@@ -102,7 +102,10 @@ def _shim(child: int) -> None:
             os._exit(1)
     if os.WIFSIGNALED(status):
         signum = os.WTERMSIG(status)
-        signal.signal(signum, signal.SIG_DFL)
+        try:
+            signal.signal(signum, signal.SIG_DFL)  # (SIGKILL's cannot be changed, nor needs to be)
+        except (OSError, ValueError):
+            pass
         signal.pthread_sigmask(signal.SIG_UNBLOCK, [signum])
         os.kill(os.getpid(), signum)
         os._exit(128 + signum)
