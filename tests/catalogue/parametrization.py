@@ -262,6 +262,30 @@ def x0_from_v_via_eps(xt, t, v, alphas_cumprod):
     return ((xt.double() - (1 - ab).sqrt() * eps) / ab.sqrt()).to(xt.dtype)
 
 
+def x0_from_v_through_eps(xt, t, v, alphas_cumprod):
+    """The curriculum's own functions composed: predict_x0_from_eps(x_t, predict_eps_from_v(x_t, v)), in float32."""
+    return ref.predict_x0_from_eps(xt, t, ref.predict_eps_from_v(xt, t, v, alphas_cumprod), alphas_cumprod)
+
+
+def x0_from_v_through_eps_cast_first(xt, t, v, alphas_cumprod):
+    """ε̂ = σ·x_t + a·v, then x̂0 = (x_t − σ·ε̂)/a, with ᾱ cast to the data's dtype first."""
+    ab = alphas_cumprod.to(xt.dtype)[t].view(-1, *([1] * (xt.ndim - 1)))
+    eps = (1 - ab).sqrt() * xt + ab.sqrt() * v
+    return (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
+
+
+def eps_from_v_through_x0(xt, t, v, alphas_cumprod):
+    """predict_eps_from_x0(x_t, predict_x0_from_v(x_t, v)), in the data's dtype."""
+    return ref.predict_eps_from_x0(xt, t, ref.predict_x0_from_v(xt, t, v, alphas_cumprod), alphas_cumprod)
+
+
+def eps_from_v_through_x0_cast_first(xt, t, v, alphas_cumprod):
+    """x̂0 = a·x_t − σ·v, then ε̂ = (x_t − a·x̂0)/σ, with ᾱ cast to the data's dtype first."""
+    ab = alphas_cumprod.to(xt.dtype)[t].view(-1, *([1] * (xt.ndim - 1)))
+    x0 = ab.sqrt() * xt - (1 - ab).sqrt() * v
+    return (xt - ab.sqrt() * x0) / (1 - ab).sqrt()
+
+
 def eps_from_v_cast_first(xt, t, v, alphas_cumprod):
     ab = alphas_cumprod.to(xt.dtype)[t].view(-1, *([1] * (xt.ndim - 1)))
     return (1 - ab).sqrt() * xt + ab.sqrt() * v
@@ -337,7 +361,15 @@ ALTERNATIVES = [
     Alternative("velocity from the angle φ", "velocity", velocity_angle, "cos φ·ε − sin φ·x0"),
     Alternative("x̂0 from v in float64", "predict_x0_from_v", x0_from_v_float64, "upcast, compute, cast back"),
     Alternative("x̂0 from v through ε̂", "predict_x0_from_v", x0_from_v_via_eps, "another road, in float64"),
+    Alternative("x̂0 from v through ε̂ in float32", "predict_x0_from_v", x0_from_v_through_eps,
+                "predict_x0_from_eps(x_t, predict_eps_from_v(x_t, v)): round-off of 4e4·|x_t|·u at t = T − 1 (cosine)"),
+    Alternative("x̂0 from v through ε̂, schedule cast first", "predict_x0_from_v", x0_from_v_through_eps_cast_first,
+                "the same route in float32 arithmetic"),
     Alternative("ε̂ from v casting the schedule first", "predict_eps_from_v", eps_from_v_cast_first, "float32 arithmetic"),
+    Alternative("ε̂ from v through x̂0", "predict_eps_from_v", eps_from_v_through_x0,
+                "predict_eps_from_x0(x_t, predict_x0_from_v(x_t, v)): amplified by a/σ near t = 0"),
+    Alternative("ε̂ from v through x̂0, schedule cast first", "predict_eps_from_v", eps_from_v_through_x0_cast_first,
+                "the same route in float32 arithmetic"),
     Alternative("score in float64", "score_from_eps", score_float64, "upcast, compute, cast back"),
     Alternative("score with rsqrt", "score_from_eps", score_rsqrt, "−ε·rsqrt(1 − ᾱ)"),
     Alternative("SNR in log space", "snr", snr_log_space, "exp(log ᾱ − log1p(−ᾱ))"),
