@@ -28,6 +28,7 @@ import csv
 import hashlib
 import io
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -402,7 +403,8 @@ def _run_dask(todo: list[tuple[Item, str]], out: Path, options: SubmitOptions, s
     cluster = None
     try:
         if scheduler == "local":
-            cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None)
+            cluster = LocalCluster(n_workers=jobs, threads_per_worker=1, processes=True, dashboard_address=None,
+                                   silence_logs=logging.ERROR)
             client = Client(cluster)
         else:
             client = Client(scheduler, timeout="30s")

@@ -1,39 +1,288 @@
-"""grade batch: a class graded in parallel, one gradebook row per student, even for broken submissions."""
+"""grade batch: one gradebook row per notebook, blank (never 0) for what was not graded, resumable, a course sheet.
+
+The fast tests build rows by hand; the slow ones grade real notebooks, kill a batch
+mid-way and start it again, and grade on a Dask LocalCluster whose worker is killed.
+"""
 
 from __future__ import annotations
 
 import csv
+import io
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
+import nbformat
 import pytest
 
+from grader import batch
+from grader.batch import FULL_MARKS, GRADED, PENDING, UNGRADABLE, Item, Row, content_hash, find_items
 from grader.cli import main
+from grader.progress import Progress, format_duration
+from grader.submit import SubmitOptions
 
 ROOT = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.slow
 
 
-def test_a_class_with_a_good_a_partial_and_a_broken_submission(tmp_path, capsys):
-    """Does every student get a row — points per function, or why they could not be graded — and feedback?"""
-    class_dir = tmp_path / "submissions"
+def _results(exercise: str, score: float, max_score: float, points: dict[str, float]) -> dict:
+    tests = [{"name": f"{f}: matches", "score": p, "max_score": 1, "extra_data": {"function": f}}
+             for f, p in points.items()]
+    return {"score": score, "tests": tests, "extra_data": {"exercise": exercise, "max_score": max_score}}
+
+
+def _read(path: Path) -> list[dict]:
+    return list(csv.DictReader(path.open(encoding="utf-8")))
+
+
+def test_not_graded_is_blank_not_zero_and_says_why(tmp_path):
+    """Does an ungradable or pending notebook get blank scores and a status, and a mixed class blanks, not 0?"""
+    rows = [
+        Row(Item("alice", Path("alice/q_sampler.ipynb"), "alice"), GRADED,
+            _results("q_sampler", 3, 24, {"q_sample": 3, "q_step": 0})),
+        Row(Item("bob", Path("bob/elbo.ipynb"), "bob"), FULL_MARKS, _results("elbo", 24, 24, {"normal_kl": 2})),
+        Row(Item("carol", Path("carol.ipynb"), "carol"), UNGRADABLE, None, "carol.ipynb is not a notebook"),
+        Row(Item("dave", Path("dave.ipynb"), "dave"), PENDING),
+    ]
+    batch.write_gradebook(rows, tmp_path / "gradebook.csv")
+    book = {row["student"]: row for row in _read(tmp_path / "gradebook.csv")}
+    assert book["alice"]["score"] == "3" and book["alice"]["q_step"] == "0" and book["alice"]["normal_kl"] == ""
+    assert book["bob"]["q_sample"] == "" and book["bob"]["normal_kl"] == "2"  # never graded on q_sample: blank
+    for who, status in (("carol", UNGRADABLE), ("dave", PENDING)):
+        assert book[who]["status"] == status
+        assert all(book[who][c] == "" for c in ("score", "max_score", "q_sample", "normal_kl")), book[who]
+    assert "not a notebook" in book["carol"]["error"]
+
+
+def test_course_sheet_one_row_per_student_one_column_per_exercise(tmp_path):
+    """Does the course sheet give each student one row, a score per exercise, blank where nothing was graded?"""
+    rows = [
+        Row(Item("alice", Path("a/q_sampler.ipynb"), "alice/q_sampler"), GRADED, _results("q_sampler", 16, 24, {})),
+        Row(Item("alice", Path("a/elbo.ipynb"), "alice/elbo"), UNGRADABLE, None, "invalid JSON"),
+        Row(Item("bob", Path("b/elbo.ipynb"), "bob/elbo"), FULL_MARKS, _results("elbo", 24, 24, {})),
+    ]
+    batch.write_course_sheet(rows, tmp_path / "course.csv")
+    sheet = _read(tmp_path / "course.csv")
+    assert [r["student"] for r in sheet] == ["alice", "bob"]
+    assert sheet[0]["q_sampler"] == "16" and sheet[0]["elbo"] == ""
+    assert sheet[1]["q_sampler"] == "" and sheet[1]["elbo"] == "24"
+
+
+@pytest.mark.parametrize("hostile", ["=HYPERLINK(\"http://x\",\"click\")", "+1+1", "@SUM(A1)", "-2+3"])
+def test_a_students_text_is_never_a_formula_or_a_second_row(tmp_path, hostile):
+    """Can a folder name or an error message run as a spreadsheet formula, or add a line to the CSV?"""
+    rows = [Row(Item(hostile, Path("x.ipynb"), "x"), UNGRADABLE, None, f"{hostile}\nfake,row,0\r\n\x1b[31m"),
+            Row(Item("next", Path("n.ipynb"), "n"), GRADED, _results("q_sampler", 5, 24, {"q_sample": 5}))]
+    batch.write_gradebook(rows, tmp_path / "gradebook.csv")
+    raw = (tmp_path / "gradebook.csv").read_text(encoding="utf-8")
+    book = list(csv.reader(io.StringIO(raw)))
+    assert len(book) == 3  # header, the hostile row, the next student's row: nothing injected
+    assert book[1][0] == "'" + hostile and book[1][-1].startswith("'" + hostile)
+    assert "\x1b" not in raw and book[2][0] == "next" and book[2][3] == "5"
+
+
+def test_course_folder_items_and_the_content_hash(tmp_path):
+    """Is each notebook of a course folder its own item, and does the hash change with the bytes and the options?"""
+    shutil.copy(ROOT / "exercises" / "q_sampler" / "q_sampler.ipynb", tmp_path / "solo.ipynb")
+    (tmp_path / "ann").mkdir()
+    for name in ("q_sampler", "elbo"):
+        notebook = nbformat.read(ROOT / "exercises" / name / f"{name}.ipynb", as_version=4)
+        notebook.metadata.pop("grader", None)  # metadata lost: the notebook's name says the exercise
+        nbformat.write(notebook, tmp_path / "ann" / f"{name}.ipynb")
+    (tmp_path / "ann" / "elbo.executed.ipynb").write_text("{}")  # an old executed copy is not a submission
+    items = {i.key: i for i in find_items(tmp_path)}
+    assert set(items) == {"solo", "ann/q_sampler", "ann/elbo"}
+    assert items["ann/elbo"].exercise == "elbo" and items["solo"].exercise is None
+    options = SubmitOptions()
+    first = content_hash(items["solo"], options)
+    assert content_hash(items["solo"], options) == first
+    assert content_hash(items["solo"], SubmitOptions(seed=1)) != first
+    (tmp_path / "solo.ipynb").write_bytes((tmp_path / "solo.ipynb").read_bytes() + b" ")
+    assert content_hash(items["solo"], options) != first
+
+
+def test_a_record_is_kept_only_for_the_same_hash(tmp_path):
+    """Is a finished grading reused when nothing changed, and not when the hash differs or the record is damaged?"""
+    item = Item("alice", tmp_path / "alice.ipynb", "alice")
+    (tmp_path / "alice").mkdir()
+    row = Row(item, GRADED, _results("q_sampler", 7, 24, {"q_sample": 2}), "", 1)
+    batch._save_record(tmp_path, row, "abc")
+    kept = batch._load_record(tmp_path, item, "abc")
+    assert kept is not None and kept.kept and kept.results["score"] == 7 and kept.status == GRADED
+    assert batch._load_record(tmp_path, item, "abd") is None
+    (tmp_path / "alice" / batch.RECORD).write_text("{ half a rec")
+    assert batch._load_record(tmp_path, item, "abc") is None
+
+
+def test_progress_plain_lines_with_counts_and_eta():
+    """Without a terminal, is each finished notebook one line with the counts and an ETA from this run's rate?"""
+    stream, now = io.StringIO(), [0.0]
+    progress = Progress(4, already=1, stream=stream, clock=lambda: now[0])
+    now[0] = 30.0
+    progress.advance("alice", "16/24")
+    now[0] = 60.0
+    progress.advance("bob", "not gradable")
+    lines = stream.getvalue().splitlines()
+    assert lines[0] == "[2/4] alice: 16/24 (30s elapsed, ETA 1m00s)"  # 30 s per notebook, 2 left
+    assert lines[1] == "[3/4] bob: not gradable (1m00s elapsed, ETA 30s)"
+    assert format_duration(3725) == "1h02m"
+
+
+def test_progress_bar_on_a_terminal(monkeypatch):
+    """On a terminal (and not in CI), is it tqdm's bar with the counts?"""
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    monkeypatch.delenv("CI", raising=False)
+    stream = Terminal()
+    progress = Progress(3, stream=stream)
+    progress.advance("alice", "16/24")
+    progress.close()
+    assert progress._bar is not None and "1/3" in stream.getvalue()
+    monkeypatch.setenv("CI", "true")
+    assert Progress(3, stream=Terminal())._bar is None
+
+
+def test_one_line_bounds_any_bytes():
+    """Is whatever a grader's stderr held reduced to one printable line of bounded length?"""
+    line = batch.one_line("a\nb\x00c\x1b[2J" + "x" * 1000)
+    assert "\n" not in line and "\x00" not in line and "\x1b" not in line and len(line) <= batch.ERROR_CHARS + 1
+
+
+# ----------------------------------------------------------------------------------------- end to end
+
+def _class(folder: Path) -> Path:
+    class_dir = folder / "submissions"
     class_dir.mkdir()
     shutil.copytree(ROOT / "samples" / "alice", class_dir / "alice")
     shutil.copy(ROOT / "exercises" / "q_sampler" / "q_sampler.ipynb", class_dir / "bob.ipynb")
     (class_dir / "carol").mkdir()
     (class_dir / "carol" / "q_sampler.ipynb").write_text("{ not json")
+    return class_dir
+
+
+@pytest.mark.slow
+def test_a_class_with_a_good_a_partial_and_a_broken_submission(tmp_path, capsys):
+    """Does every student get a row — points per function, or why they could not be graded — and feedback?"""
+    class_dir = _class(tmp_path)
     out = tmp_path / "gradebook"
 
-    status = main(["batch", str(class_dir), "--out", str(out), "--jobs", "2", "--exercise", "q_sampler"])
+    status = main(["batch", str(class_dir), "--out", str(out), "--jobs", "2", "--exercise", "q_sampler",
+                   "--progress", "lines"])
 
     assert status == 1  # carol's notebook could not be graded
-    rows = {row["student"]: row for row in csv.DictReader((out / "gradebook.csv").open())}
+    rows = {row["student"]: row for row in _read(out / "gradebook.csv")}
     assert set(rows) == {"alice", "bob", "carol"}
-    assert float(rows["alice"]["score"]) == 16 and rows["alice"]["q_sample"] == "1"
-    assert float(rows["bob"]["score"]) == 0 and rows["bob"]["status"] == "graded"
-    assert rows["carol"]["status"] == "not graded" and "invalid JSON" in rows["carol"]["error"]
     alice = json.loads((out / "alice" / "results.json").read_text())
-    assert alice["score"] == 16
+    assert float(rows["alice"]["score"]) == alice["score"] and 0 < alice["score"] < 24
+    assert rows["alice"]["linear_beta_schedule"] == "2" and rows["alice"]["status"] == GRADED
+    assert float(rows["bob"]["score"]) == 0 and rows["bob"]["status"] == GRADED
+    assert rows["carol"]["status"] == UNGRADABLE and "invalid JSON" in rows["carol"]["error"]
+    assert rows["carol"]["score"] == "" and rows["carol"]["q_sample"] == ""
     assert (out / "bob" / "report.html").is_file()
-    assert "2 of 3 submissions graded" in capsys.readouterr().out
+    assert {r["student"] for r in _read(out / "course.csv")} == {"alice", "bob", "carol"}
+    captured = capsys.readouterr()
+    assert "2 of 3 submissions graded" in captured.out and "[3/3]" in captured.err
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Live processes whose command line holds ``text`` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and text.encode() in (entry / "cmdline").read_bytes() \
+                    and (entry / "stat").read_text().split(") ")[-1][0] != "Z":
+                found.append(int(entry.name))
+        except OSError:
+            continue
+    return found
+
+
+def _records(out: Path) -> dict[str, float]:
+    return {p.parent.name: p.stat().st_mtime_ns for p in out.glob(f"*/{batch.RECORD}")}
+
+
+@pytest.mark.slow
+def test_killed_mid_batch_and_started_again_grades_only_what_is_missing(tmp_path):
+    """Killed (SIGKILL) after the first notebook, does a rerun keep it, grade the rest, and regrade a changed one?"""
+    class_dir = tmp_path / "submissions"
+    class_dir.mkdir()
+    for name in ("ann", "ben", "cat"):
+        shutil.copy(ROOT / "exercises" / "q_sampler" / "q_sampler.ipynb", class_dir / f"{name}.ipynb")
+    out = tmp_path / "gradebook"
+    command = [sys.executable, "-m", "grader", "batch", str(class_dir), "--out", str(out), "--jobs", "1",
+               "--device", "cpu", "--progress", "lines"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while not _records(out) and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    first = _records(out)
+    assert len(first) == 1, first  # one graded, killed during the second
+    deadline = time.monotonic() + 10  # the parent-death signal is immediate; a kernel's clean-up is not needed
+    while _processes_mentioning(str(out)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not _processes_mentioning(str(out))  # the killed batch's grader died with it
+    book = {r["student"]: r for r in _read(out / "gradebook.csv")}
+    (done,) = first
+    assert book[done]["status"] == GRADED and all(book[s]["status"] == PENDING for s in book if s != done)
+
+    again = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "1 of 3 notebooks unchanged since they were graded: kept" in again.stderr
+    second = _records(out)
+    assert second[done] == first[done] and set(second) == {"ann", "ben", "cat"}  # kept, not redone
+    assert {r["status"] for r in _read(out / "gradebook.csv")} == {GRADED}
+
+    changed = next(s for s in ("ann", "ben", "cat") if s != done)
+    solution = nbformat.read(ROOT / "solutions" / "q_sampler" / "q_sampler.ipynb", as_version=4)
+    nbformat.write(solution, class_dir / f"{changed}.ipynb")
+    third = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert third.returncode == 0 and "2 of 3 notebooks unchanged" in third.stderr
+    records = _records(out)
+    assert records[changed] != second[changed] and all(records[s] == second[s] for s in records if s != changed)
+    assert {r["student"]: r["score"] for r in _read(out / "gradebook.csv")}[changed] == "24"
+
+
+@pytest.mark.slow
+def test_dask_cluster_with_a_worker_killed_mid_batch(tmp_path):
+    """On a LocalCluster of 2 workers, is every notebook graded, streamed into the gradebook, when a worker dies?"""
+    distributed = pytest.importorskip("distributed", reason="Dask distributed is not installed")
+    class_dir = tmp_path / "submissions"
+    class_dir.mkdir()
+    for name in ("ann", "ben", "cat", "dan"):
+        shutil.copy(ROOT / "exercises" / "q_sampler" / "q_sampler.ipynb", class_dir / f"{name}.ipynb")
+    (class_dir / "eve.ipynb").write_text("{ not json")
+    out = tmp_path / "gradebook"
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                                  silence_logs=50) as cluster, distributed.Client(cluster) as client:
+        command = [sys.executable, "-m", "grader", "batch", str(class_dir), "--out", str(out),
+                   "--scheduler", cluster.scheduler_address, "--device", "cpu", "--progress", "lines"]
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        deadline = time.monotonic() + 300
+        busy: dict = {}
+        while time.monotonic() < deadline and process.poll() is None:
+            busy = {w: keys for w, keys in client.processing().items() if keys}
+            if busy:
+                break
+            time.sleep(0.2)
+        assert busy, "no task started"
+        victim = next(iter(busy))
+        killed_key = next(iter(busy[victim]))
+        pid = client.run(os.getpid, workers=[victim])[victim]
+        os.kill(pid, signal.SIGKILL)  # the worker dies mid-task; its nanny starts another
+        stdout, stderr = process.communicate(timeout=900)
+    assert process.returncode == 1, stderr  # eve's notebook is not gradable, everything else is graded
+    book = {r["student"]: r for r in _read(out / "gradebook.csv")}
+    assert {s: r["status"] for s, r in book.items()} == {"ann": GRADED, "ben": GRADED, "cat": GRADED, "dan": GRADED,
+                                                         "eve": UNGRADABLE}
+    assert all(book[s]["score"] == "0" for s in ("ann", "ben", "cat", "dan")) and book["eve"]["score"] == ""
+    student = str(killed_key).split("-")[1]
+    assert (out / student / "report.html").is_file()  # the killed task was rerun elsewhere, its feedback is here
+    assert stderr.count("[") >= 5  # streamed: one progress line per notebook
