@@ -243,6 +243,8 @@ def _terms(inputs: Inputs) -> tuple:
 #: float32 round-off of a correct forward or merge, relative to the size of its terms (_terms):
 #: a sum of at most in + r ≤ 15 products per entry, in any order, errs by ≤ 15 u ≈ 1e-6 of that
 #: size; the merge's W₀ + sBA − sBA by ≤ 3 u. 2e-5 relative (20x margin) plus 1e-6 absolute.
+#: Measured: correct float32 layers (the reference, F.linear, nn.Linear sub-layers) use at most
+#: 0.007 of this allowance over 150 cases (tests/exercises/test_lora_checks.py).
 #: A wrong scaling (α for α/r, no scaling) or a lost term changes values by ≥ 1/6 of s·|x Aᵀ Bᵀ|.
 LORA_TOLERANCE = Tolerance(
     rtol32=2e-5, atol32=1e-6, rtol64=1e-12, atol64=1e-13,
@@ -346,7 +348,8 @@ def judge_dropout(inputs: Inputs, outcome) -> None:
 
 
 #: Training: r = 2 on a rank-2 target; 40 Adam steps at lr 0.05 bring a correct LoRALinear's loss
-#: below 10% of its first value on every one of 200 seeds (tests/exercises/test_lora_checks.py); 50% is asked.
+#: below 20% of its first value on every one of 200 seeds (at most 0.195: tests/exercises/test_lora_checks.py);
+#: 50% is asked, a 2.5x margin. A base that trains too changes its weights, which fails at once.
 TRAIN_STEPS, TRAIN_LR, TRAIN_RATIO = 40, 0.05, 0.5
 
 
