@@ -44,10 +44,12 @@ data shape ``D`` or a batch ``(B, *D)``. Everything is computed in float64.
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
-from reference.ddim import ddim_sigma, ddim_timesteps
+from reference.ddim import ddim_sigma, ddim_step, ddim_timesteps
+from reference.q_sampler import q_posterior
 from reference.toy import GaussianData
 
 __all__ = [
@@ -67,6 +69,16 @@ __all__ = [
     "chi_moments",
     "langevin_corrector_step_moments",
     "langevin_corrector_moments",
+    "affine_chain",
+    "langevin_steps",
+    "annealed_langevin_steps",
+    "pc_predictor_steps",
+    "ddim_sample_moves",
+    "ddim_invert_moves",
+    "ddim_run_moves",
+    "ddpm_ancestral_step",
+    "ddim_terms_size",
+    "ddim_chain_terms_size",
 ]
 
 Law = tuple[torch.Tensor, torch.Tensor]
@@ -565,6 +577,13 @@ def cfg_sample_law(
     Returns:
         ``(mean, var)`` of the samples, ``(B, *D)``.
     """
+    cond, uncond = cond.reshape(-1).long().cpu(), uncond.reshape(-1).long().cpu()
+    if x_T is None and x_T_law is None:
+        # The same law for every row with the same (cond, uncond): compute each pair once, then gather.
+        pairs, row = torch.unique(torch.stack([cond, uncond], 1), dim=0, return_inverse=True)
+        mean, var = cfg_sample_law(toy, alphas_cumprod, num_steps, pairs[:, 0], pairs[:, 1], guidance_scale,
+                                   x_T_law=standard_normal_law(toy.given(pairs[:1, 0])))
+        return mean[row.to(mean.device)], var[row.to(var.device)]
     data_c, data_u = toy.given(cond), toy.given(uncond)
     law = _start_law(data_c, x_T, x_T_law)
     law = tuple(torch.broadcast_to(v, data_c.mean.shape).clone() for v in law)
@@ -573,3 +592,145 @@ def cfg_sample_law(
         t_prev = timesteps[i + 1] if i + 1 < len(timesteps) else -1
         law = guided_ddim_step_law(data_u, data_c, t, t_prev, alphas_cumprod, guidance_scale, law)
     return law
+
+
+# ---------------------------------------------------------------------------------------------
+# Samplers as chains of affine steps, with their variants (the laws of known mistakes)
+# ---------------------------------------------------------------------------------------------
+
+
+def affine_chain(law: Law, steps: list[tuple]) -> Law:
+    """``law`` carried through the steps ``(a, b, s)`` of x′ = a·x + b + s·z in order (:func:`affine_law`)."""
+    for a, b, s in steps:
+        law = affine_law(law, a, b, s)
+    return law
+
+
+def langevin_steps(mean: torch.Tensor, var: torch.Tensor, step_size: float, n_steps: int, score_coef: float = 0.5,
+                   noise_coef: float | None = None) -> list[tuple]:
+    """The steps of x′ = x + score_coef·α·(−(x − m)/v) + noise_coef·z on N(m, diag(v)).
+
+    ``score_coef = 1/2`` and ``noise_coef = √α`` (the default) is Langevin dynamics
+    (:func:`langevin_dynamics_law`); other values are the laws of known mistakes.
+    """
+    noise_coef = math.sqrt(step_size) if noise_coef is None else noise_coef
+    rho = 1 - score_coef * step_size / var
+    return [(rho, (1 - rho) * mean, noise_coef * torch.ones_like(mean))] * n_steps
+
+
+def annealed_langevin_steps(data: GaussianData, sigmas: torch.Tensor, alphas: list, n_steps_each: int,
+                            score_coef: float = 0.5, noise: Callable[[float], float] | None = None) -> list[tuple]:
+    """The steps of annealed Langevin with step α_i at level σ_i (target N(μ, s² + σ_i²)); ``noise(α)`` the noise scale.
+
+    With α_i = step_lr·(σ_i/σ_L)² and the defaults this is :func:`annealed_langevin_law`.
+    """
+    steps = []
+    for sigma, alpha in zip(sigmas, alphas):
+        steps += langevin_steps(data.mean, data.var + sigma**2, float(alpha), n_steps_each, score_coef,
+                                None if noise is None else noise(float(alpha)))
+    return steps
+
+
+def pc_predictor_steps(data: GaussianData, sigmas: torch.Tensor, *, g2_of: Callable | None = None,
+                       score_level: Callable | None = None, noisy_end: bool = False,
+                       noiseless: bool = False) -> list[tuple]:
+    """The predictor chain of ``pc_sample(..., n_corrector=0)``, with optional mistakes.
+
+    Defaults give :func:`pc_sample_law` (from x = σ_0·z): g² = σ_i² − σ_{i+1}², the score at
+    σ_i, the last step noise-free. ``g2_of(σ, σ_next)``, ``score_level(σ, σ_next)``,
+    ``noisy_end`` and ``noiseless`` switch on a known mistake.
+    """
+    steps = []
+    n = len(sigmas)
+    for i in range(n):
+        sigma, nxt = sigmas[i], sigmas[i + 1] if i + 1 < n else torch.zeros((), dtype=torch.float64)
+        g2 = sigma**2 - nxt**2 if g2_of is None else g2_of(sigma, nxt)
+        level = sigma if score_level is None else score_level(sigma, nxt)
+        a = 1 - g2 / (data.var + level**2)
+        last = i + 1 == n
+        c = 0.0 if (last and not noisy_end) or noiseless else g2.sqrt()
+        steps.append((a, (1 - a) * data.mean, c * torch.ones_like(data.mean)))
+    return steps
+
+
+# ---------------------------------------------------------------------------------------------
+# DDIM's walks and the size of its terms (what the round-off of a correct implementation is relative to)
+# ---------------------------------------------------------------------------------------------
+
+
+def ddim_sample_moves(T: int, num_steps: int, spacing: str) -> list[tuple[int, int, int]]:
+    """``(t_from, t_to, t_eval)`` of each move of ``ddim_sample``: down the timesteps, then to −1 (the data)."""
+    ts = ddim_timesteps(T, num_steps, spacing).tolist()
+    return [(t, ts[i + 1] if i + 1 < len(ts) else -1, t) for i, t in enumerate(ts)]
+
+
+def ddim_invert_moves(T: int, num_steps: int, spacing: str) -> list[tuple[int, int, int]]:
+    """``(t_from, t_to, t_eval)`` of each move of ``ddim_invert``: from −1 up the timesteps, ε at the target."""
+    ts = ddim_timesteps(T, num_steps, spacing).flip(0).tolist()
+    return [(ts[i - 1] if i else -1, t, t) for i, t in enumerate(ts)]
+
+
+def ddim_run_moves(eps_model, x: torch.Tensor, alphas_cumprod: torch.Tensor, moves: list) -> torch.Tensor:
+    """η = 0 DDIM along ``moves`` ``(t_from, t_to, t_eval)``, the model evaluated at ``t_eval``.
+
+    ``ddim_run_moves(m, x_T, ᾱ, ddim_sample_moves(T, n, s))`` is ``ddim_sample`` from x_T and
+    ``ddim_run_moves(m, x₀, ᾱ, ddim_invert_moves(T, n, s))`` is ``ddim_invert``; other walks
+    are the samplers of known mistakes.
+    """
+    for t_from, t_to, t_eval in moves:
+        eps = eps_model(x, torch.full((x.shape[0],), t_eval, dtype=torch.long, device=x.device))
+        x = ddim_step(eps, t_from, t_to, x, alphas_cumprod)
+    return x
+
+
+def ddpm_ancestral_step(eps: torch.Tensor, t: int, xt: torch.Tensor, alphas_cumprod: torch.Tensor,
+                        noise: torch.Tensor) -> torch.Tensor:
+    """DDPM's ancestral step μ̃_t(x̂₀, x_t) + √β̃_t·z with x̂₀ = (x_t − √(1 − ᾱ_t)·ε)/√ᾱ_t (Ho et al. 2020, Algorithm 2).
+
+    Computed through the posterior q(x_{t−1} | x_t, x₀) of ``reference.q_sampler``, independently
+    of DDIM: DDIM with η = 1 and t_prev = t − 1 must equal it.
+    """
+    a_t = alpha_bar(alphas_cumprod, t)
+    x0_hat = (xt - (1 - a_t).sqrt() * eps) / a_t.sqrt()
+    previous = torch.cat([torch.ones(1, dtype=alphas_cumprod.dtype, device=alphas_cumprod.device), alphas_cumprod[:-1]])
+    t_batch = torch.full((xt.shape[0],), t, dtype=torch.long, device=xt.device)
+    mean, variance, _ = q_posterior(x0_hat, xt, t_batch, 1 - alphas_cumprod / previous)
+    return mean + variance.sqrt() * noise
+
+
+def ddim_terms_size(xt, eps, a_t, a_prev, sigma=0.0, noise=None) -> torch.Tensor:
+    """M = Σ |terms| of √ᾱ_prev·(x_t − √(1 − ᾱ_t)·ε)/√ᾱ_t + √(1 − ᾱ_prev − σ²)·ε + σ·z (float64).
+
+    The terms can be large and cancel (1/√ᾱ_t reaches 2·10⁴ at the end of the cosine
+    schedule), so a correct implementation's round-off is bounded relative to M, not to |x′|.
+    """
+    ratio = (a_prev / a_t).sqrt()
+    size = ratio * (xt.abs() + (1 - a_t).sqrt() * eps.abs()) + (1 - a_prev - sigma**2).clamp(min=0).sqrt() * eps.abs()
+    if noise is not None:
+        size = size + abs(sigma) * noise.abs()
+    return size
+
+
+def ddim_chain_terms_size(data: GaussianData, alphas_cumprod: torch.Tensor, moves: list, x: torch.Tensor) -> torch.Tensor:
+    """The size that round-off along a chain of η = 0 DDIM moves is relative to (float64).
+
+    ``moves`` are ``(t_from, t_to, t_eval)`` (:func:`ddim_sample_moves`). Each move is affine
+    per coordinate with the optimal ε, x' = A·x + b; an error δ made at a move is carried as
+    A·δ by every later one, so the size is S' = |A|·S + M, with M the size of the move's
+    terms (:func:`ddim_terms_size`) plus those of the model's own ε = √n·(x − m)/v, whose
+    round-off is relative to √n·(|x| + |m|)/v.
+    """
+    model = data.eps_model(alphas_cumprod)
+    size = torch.zeros_like(x)
+    for t_from, t_to, t_eval in moves:
+        t_batch = torch.full((x.shape[0],), t_eval, dtype=torch.long, device=x.device)
+        a_from, a_to, a_eval = (alpha_bar(alphas_cumprod, t) for t in (t_from, t_to, t_eval))
+        eps = model(x, t_batch)
+        x_next = ddim_step(eps, t_from, t_to, x, alphas_cumprod)
+        slope = ddim_step(model(x + 1, t_batch), t_from, t_to, x + 1, alphas_cumprod) - x_next  # exact: affine
+        m, v = data.noised(a_eval.sqrt(), 1 - a_eval, x)
+        eps_size = (1 - a_eval).sqrt() * (x.abs() + m.abs()) / v
+        eps_coefficient = (a_to / a_from).sqrt() * (1 - a_from).sqrt() + (1 - a_to).sqrt()
+        size = slope.abs() * size + ddim_terms_size(x, eps, a_from, a_to) + eps_coefficient * eps_size
+        x = x_next
+    return size
