@@ -25,6 +25,7 @@ import torch
 from hypothesis import strategies as st
 
 from grader.checks import (
+    DEFAULT_TOLERANCE,
     Agreement,
     Aspect,
     Context,
@@ -32,12 +33,14 @@ from grader.checks import (
     Inputs,
     Mismatch,
     Property,
+    Reproducible,
     Statistical,
     StatReport,
     Tolerance,
     as_tensor,
-    compare_values,
+    compare,
     dtype_device_aspect,
+    output_aspect,
     value_of,
 )
 from grader.exercises import Exercise
@@ -49,7 +52,6 @@ from grader.exercises._common import (
     schedule_betas,
     schedule_note,
 )
-from grader.sandbox.wire import generator_spec, model_spec
 from grader.stats import Statistic
 from reference import elbo as ref
 from reference._broadcast import extract
@@ -275,6 +277,9 @@ def build_dgll(case: dict, ctx: Context) -> Inputs:
                    "log_scale": log_scale.to(dtype).to(ctx.device)}, notes=notes)
 
 
+DGLL_VALUES = "matches the reference (probabilities; the tanh-approximate CDF is accepted)"
+
+
 def judge_dgll_values(inputs: Inputs, outcome) -> None:
     """Finite log-probabilities ≤ 0 whose exponentials are the bin probabilities (either CDF)."""
     got = as_tensor(outcome.value, "the result")
@@ -293,7 +298,7 @@ def judge_dgll_values(inputs: Inputs, outcome) -> None:
         bad = int(log_p.flatten().argmax())
         raise Mismatch(f"the result is {log_p.flatten()[bad].item():.6g} > 0 at flat index {bad}: a log-probability "
                        "of a bin is at most 0")
-    compare_values(log_p.exp(), expected.exp(), PROBABILITY_TOLERANCE,
+    compare(log_p.exp(), expected.exp(), PROBABILITY_TOLERANCE,
                    "exp(result), the bin probability,")
 
 
@@ -529,21 +534,6 @@ def build_vlb(case: dict, ctx: Context) -> Inputs:
     return Inputs(args, notes=notes_for_large(notes, args))
 
 
-def judge_vlb_values(inputs: Inputs, outcome) -> None:
-    """Agreement with the reference, whose decoder may use either normal CDF."""
-    _per_row(outcome.value, inputs.args["x0"].shape[0])
-    student = as_tensor(outcome.value, "the result")
-    first = None
-    for cdf in DECODERS:
-        expected = inputs.call_reference(ref.vlb_term_bpd_with(cdf))
-        try:
-            compare_values(student, expected, VLB_TOLERANCE, "the result")
-            return
-        except Mismatch as mismatch:
-            first = first or mismatch
-    raise first
-
-
 def judge_switch_at_zero(inputs: Inputs, outcome) -> None:
     """Rows with t = 0 hold the decoder NLL, every other row (t = 1 included) the posterior KL."""
     t = inputs.args["t"].to("cpu")
@@ -624,51 +614,31 @@ def build_elbo(case: dict, ctx: Context) -> Inputs:
     x0 = mean + var.sqrt() * torch.randn(shape, generator=g, dtype=torch.float64)
     x0 = GRID[((x0.clamp(-1, 1) + 1) * 127.5).round().long()]
     betas = schedule_betas(case["schedule"], case["T"])
-    model = model_spec("gaussian_eps", mean=mean.to(dtype).to(ctx.device), var=var.to(dtype).to(ctx.device),
-                       alphas_cumprod=compute_alphas_cumprod(betas).to(ctx.device))
-    return Inputs({"eps_model": model, "x0": x0.to(dtype).to(ctx.device), "betas": betas.to(ctx.device),
-                   "seed": case["seed"]},
+    model = ctx.model_spec("gaussian_eps", mean=mean.to(dtype), var=var.to(dtype),
+                           alphas_cumprod=compute_alphas_cumprod(betas))
+    return Inputs({"eps_model": model, "x0": x0.to(dtype).to(ctx.device), "betas": betas.to(ctx.device)},
+                  {"generator": ctx.generator_spec(seed=case["seed"])},
                   notes={"eps_model": "the optimal ε-model of Gaussian data N(μ, diag(s²)), in x0's dtype",
                          "betas": schedule_note(case["schedule"], case["T"], torch.float64, "β"),
-                         "seed": f"{case['seed']}: both calls get torch.Generator(x0.device).manual_seed({case['seed']})"})
+                         "generator": f"torch.Generator(x0.device).manual_seed({case['seed']}), twice"})
 
 
-def elbo_twice(ns, eps_model, x0, betas, seed):
-    """Probe: elbo_bpd twice, each with a fresh generator seeded ``seed``."""
-    first = ns.elbo_bpd(eps_model, x0, betas, torch.Generator(device=x0.device).manual_seed(seed))
-    second = ns.elbo_bpd(eps_model, x0, betas, torch.Generator(device=x0.device).manual_seed(seed))
-    return first, second
+#: Two runs with generators seeded alike (reproducibility is judged on them); the first run's result is
+#: the one whose form is judged.
+REPRODUCIBLE = Reproducible("elbo_bpd")
+ELBO_FORM = output_aspect("returns (B,), finite, in x0's dtype and on its device", 1, shape=lambda i: (i.args["x0"].shape[0],),
+                          dtype="x0", device="x0", finite=True, items=REPRODUCIBLE.first)
 
 
-def _elbo_pair(inputs: Inputs, outcome) -> tuple[torch.Tensor, torch.Tensor]:
-    value = outcome.value
-    if not isinstance(value, tuple) or len(value) != 2:
-        raise Mismatch("the probe expected elbo_bpd to return one tensor per call")
-    return as_tensor(value[0], "the result"), as_tensor(value[1], "the second result")
-
-
-def judge_elbo_shape(inputs: Inputs, outcome) -> None:
-    """(B,), finite, in x0's dtype and on its device."""
-    x0 = inputs.args["x0"]
-    first, _ = _elbo_pair(inputs, outcome)
-    got = _per_row(first, x0.shape[0])
-    if first.dtype != x0.dtype:
-        raise Mismatch(f"the result has dtype {first.dtype}; expected {x0.dtype} (the dtype of x0)")
-    if first.device.type != x0.device.type:
-        raise Mismatch(f"the result is on {first.device}; expected {x0.device} (where x0 is)")
-    if not bool(torch.isfinite(got).all()):
-        raise Mismatch(f"the result {got.tolist()} is not finite. At t = 0 the model's log-variance is the clipped "
-                       "log β̃₁ (β̃₀ = 0 has log −∞).")
-
-
-def judge_elbo_generator(inputs: Inputs, outcome) -> None:
-    """Two calls with generators seeded alike give the same result: every draw comes from ``generator``."""
-    first, second = _elbo_pair(inputs, outcome)
-    a, b = first.detach().to("cpu", torch.float64), second.detach().to("cpu", torch.float64)
-    if a.shape != b.shape or not bool(torch.equal(a, b)):
-        raise Mismatch("two calls with generators seeded alike gave different results "
-                       f"({a.flatten()[:4].tolist()} and {b.flatten()[:4].tolist()}): draw every noise with "
-                       "torch.randn(..., generator=generator), not torch.randn_like or the global generator")
+def judge_elbo_form(inputs: Inputs, outcome) -> None:
+    """(B,), finite, in x0's dtype and on its device; a NaN or infinity comes with the usual cause."""
+    try:
+        ELBO_FORM.judge(inputs, outcome)
+    except Mismatch as mismatch:
+        if "NaN" not in str(mismatch):
+            raise
+        raise Mismatch(f"{mismatch}. At t = 0 the model's log-variance is the clipped log β̃₁ (β̃₀ = 0 has log "
+                       "−∞).") from None
 
 
 # -- elbo_bpd: the exact law of the estimate ----------------------------------------------------
@@ -726,8 +696,7 @@ def _law_setup(ctx: Context, tag: str, betas: torch.Tensor, dims: int, rows: int
         x0 = mean + var.sqrt() * torch.randn(rows, dims, generator=g, dtype=torch.float64)
         x0 = GRID[((x0.clamp(-1, 1) + 1) * 127.5).round().long()]
         x0[1, :2], x0[2, :2] = -1.0, 1.0
-    model = model_spec("gaussian_eps", mean=mean.to(ctx.device), var=var.to(ctx.device),
-                       alphas_cumprod=compute_alphas_cumprod(betas).to(ctx.device))
+    model = ctx.model_spec("gaussian_eps", mean=mean, var=var, alphas_cumprod=compute_alphas_cumprod(betas))
     return mean, var, x0, model
 
 
@@ -741,7 +710,7 @@ def _call_elbo(ctx: Context, tag: str, model: dict, x0: torch.Tensor, betas: tor
     """
     calls = [Inputs({"eps_model": model, "x0": row.expand(repeats, *row.shape).contiguous().to(ctx.device),
                      "betas": betas.to(ctx.device)},
-                    {"generator": generator_spec(ctx.seed_for(tag, "generator", i) % 2**63, str(ctx.device))},
+                    {"generator": ctx.generator_spec(tag, "generator", i)},
                     notes={"eps_model": "the optimal ε-model of Gaussian data (float64)", **notes})
              for i, row in enumerate(x0)]
     outcomes = ctx.call("elbo_bpd", calls, tag=tag)
@@ -836,9 +805,8 @@ EXERCISE = Exercise(
         ),
         Property(
             function="discretized_gaussian_log_likelihood", cases=dgll_cases(), build=build_dgll, examples=DGLL_EXAMPLES,
-            aspects=(Aspect("matches the reference (probabilities; the tanh-approximate CDF is accepted)", 2,
-                            judge_dgll_values),
-                     dtype_device_aspect("x", "x")),
+            aspects=(Aspect(DGLL_VALUES, 2, judge_dgll_values),
+                     dtype_device_aspect("x", "x", gated_by=(DGLL_VALUES,))),
             diagnoses=(Diagnosis(_dgll_closed_edges, "the edge bins must be open-ended: for x = −1 use Φ(upper edge), "
                                  "for x = 1 use 1 − Φ(lower edge)"),
                        Diagnosis(_dgll_log_variance, "log_scale is the log standard deviation (½ · log-variance): "
@@ -860,11 +828,11 @@ EXERCISE = Exercise(
                        Diagnosis(_prior_sum, "this is the sum over dimensions: bits per dimension take the mean"),
                        Diagnosis(_prior_first_step, "L_T uses the last timestep, ᾱ_{T−1}")),
         ),
-        Property(
+        Agreement(
             function="vlb_term_bpd", cases=vlb_cases(), build=build_vlb, examples=VLB_EXAMPLES,
-            aspects=(Aspect("matches the reference (the decoder's CDF may be the tanh approximation)", 3,
-                            judge_vlb_values),
-                     dtype_device_aspect("model_mean", "model_mean")),
+            reference=(ref.vlb_term_bpd, ref.vlb_term_bpd_with("tanh")), tolerance=VLB_TOLERANCE,
+            diagnosis_tolerance=DEFAULT_TOLERANCE, what="matches the reference (the decoder's CDF may be the tanh "
+            "approximation)", points=3, dtype_points=1, dtype_from="model_mean", device_from="model_mean",
             diagnoses=(Diagnosis(_vlb_nats, "this is in nats: bits per dimension divide by ln 2"),
                        Diagnosis(_vlb_reversed_kl, "the KL is from the posterior q(x_{t−1} | x_t, x₀) to the model: "
                                  "normal_kl(true mean, true log-variance, model mean, model log-variance)")),
@@ -874,11 +842,10 @@ EXERCISE = Exercise(
             aspects=(Aspect("the decoder NLL at t = 0 exactly, the KL at every t ≥ 1", 1, judge_switch_at_zero),),
         ),
         Property(
-            function="elbo_bpd", cases=elbo_cases(), build=build_elbo, probe=elbo_twice, examples=ELBO_EXAMPLES,
-            max_examples=6,
-            aspects=(Aspect("returns (B,), finite, in x0's dtype and on its device", 1, judge_elbo_shape, shrink=False),
-                     Aspect("draws its noise from `generator` (the same seed gives the same result)", 1,
-                            judge_elbo_generator, shrink=False)),
+            function="elbo_bpd", cases=elbo_cases(), build=REPRODUCIBLE.build(build_elbo), probe=REPRODUCIBLE.probe,
+            examples=ELBO_EXAMPLES, max_examples=6,
+            aspects=(Aspect(ELBO_FORM.name, 1, judge_elbo_form, shrink=False, device=True),
+                     REPRODUCIBLE.aspect("draws its noise from `generator` (the same seed gives the same result)")),
         ),
         Statistical(
             function="elbo_bpd", name="the mean of the estimates is the exact expected bound (Gaussian data)",
