@@ -242,6 +242,36 @@ class Reproducible:
         items = as_tuple(value, ("first",) * self.runs + ("default dtype",), "the probe's result")
         return [(f"{self.function}'s result", items[0])]
 
+    def form_aspect(self, name: str, points: float = 1, *, shape: Callable[[Inputs], tuple] | None = None,
+                    dtype: Callable[[Inputs], torch.dtype] | str | None = None,
+                    device: Callable[[Inputs], Any] | str | None = None, finite: bool = False,
+                    gated_by: tuple[str, ...] = (), why: str = "") -> Aspect:
+        """The first run's shape, dtype, device (and finite values), like :func:`~grader.checks.output_aspect`.
+
+        ``dtype="default"`` is the student's process's default dtype (where a sampler draws its
+        start), ``device="generator"`` the generator's device; otherwise functions of the inputs.
+        ``why`` follows a wrong dtype or device in the message.
+        """
+
+        def judge(inputs: Inputs, outcome: Outcome) -> None:
+            first = self.results(outcome)[0]
+            label = f"{self.function}'s result"
+            if shape is not None and tuple(first.shape) != tuple(shape(inputs)):
+                raise Mismatch(f"{label} has shape {tuple(first.shape)}; expected {tuple(shape(inputs))}")
+            want = self.default_dtype(outcome) if dtype == "default" else (dtype(inputs) if dtype else None)
+            if want is not None and str(first.dtype) != str(want):
+                source = " (the default dtype)" if dtype == "default" else ""
+                raise Mismatch(f"{label} has dtype {first.dtype}; expected {want}{source}{why}")
+            where = torch.device(inputs.kwargs["generator"]["device"]) if device == "generator" else (
+                device(inputs) if device else None)
+            if where is not None and first.device.type != torch.device(where).type:
+                source = " (the generator's device)" if device == "generator" else ""
+                raise Mismatch(f"{label} is on {first.device}; expected {where}{source}{why}")
+            if finite and not bool(torch.isfinite(first).all()):
+                raise Mismatch(f"{label} contains NaN or infinite values")
+
+        return Aspect(name, points, judge, shrink=False, gated_by=gated_by)
+
     def aspect(self, name: str, points: float = 1, *, shape: Callable[[Inputs], tuple] | None = None,
                finite: bool = False, gated_by: tuple[str, ...] = ()) -> Aspect:
         """The test; with ``shape`` (a function of the inputs) and ``finite`` it first requires the first

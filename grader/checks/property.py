@@ -442,7 +442,8 @@ class Agreement(Property):
         dtype_from: the argument whose dtype the output must have, or a fixed dtype.
         device_from: the argument whose device the output must be on (None: the CPU).
         points: points for the values; ``dtype_points``: for dtype and device (0: no such test).
-        what: the phrase naming the values test.
+        what: the phrase naming the values test; ``dtype_what`` names the dtype-and-device test.
+        extra_aspects: more tests of the same outputs, after those two (e.g. :class:`~grader.checks.calls.ModelCalls`).
     """
 
     aspects: tuple[Aspect, ...] = ()
@@ -458,14 +459,16 @@ class Agreement(Property):
     points: float = 1.0
     dtype_points: float = 0.0
     what: str = "matches the reference"
+    dtype_what: str = "output dtype and device follow the input"
+    extra_aspects: tuple[Aspect, ...] = ()
 
     def __post_init__(self) -> None:
         super().__post_init__()
         aspects = [Aspect(self.what, self.points, self._judge_values)]
         if self.dtype_points:
-            aspects.append(dtype_device_aspect(self.dtype_from, self.device_from, self.dtype_points,
+            aspects.append(dtype_device_aspect(self.dtype_from, self.device_from, self.dtype_points, self.dtype_what,
                                                items=self._items, gated_by=(self.what,)))
-        object.__setattr__(self, "aspects", tuple(aspects))
+        object.__setattr__(self, "aspects", tuple(aspects) + tuple(self.extra_aspects))
 
     def _items(self, value: Any) -> list[tuple[str, Any]]:
         if self.outputs is None:

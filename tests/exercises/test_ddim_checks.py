@@ -15,11 +15,11 @@ import pytest
 import torch
 from scipy import stats
 
-from grader.checks import Context
-from grader.checks.property import draw_cases
+from grader.checks import Context, Law, draw_cases
 from grader.exercises import ddim as ex
 from grader.runner import InProcessRunner
 from reference import ddim as ref
+from reference import laws
 from reference.laws import ddim_invert_law, ddim_sample_law
 from reference.q_sampler import compute_alphas_cumprod, cosine_beta_schedule, linear_beta_schedule
 from reference.toy import GaussianData
@@ -34,13 +34,16 @@ CALIBRATION_SEEDS = 200
 KS_LEVEL = 1e-3
 
 
+LAW_CHECKS = [check for check in ex.EXERCISE.checks if isinstance(check, Law)]
+
+
 def _law_statistics(namespace: dict, seeds: range) -> list:
     """Every Statistic of both law checks, for ``namespace``'s ddim_sample on each seed."""
     collected = []
     for seed in seeds:
         ctx = Context(InProcessRunner(namespace), torch.device("cpu"), seed, "ddim")
-        for procedure in (ex.single_transition_law, ex.sample_law):
-            collected += procedure(ctx, ex.LAW_ALPHA).statistics
+        for check in LAW_CHECKS:
+            collected += check.measure(ctx).statistics
     return collected
 
 
@@ -118,13 +121,11 @@ def _worst_ratio(function: str, impl, strategy, build, expected, size) -> float:
 
 
 def _sample_expected(item):
-    data, ac, a = ex._data_and_schedule(item)
-    return ref.ddim_sample(ex._model_of(data, item), None, ac, a["num_steps"], 0.0, a["spacing"], None, a["x_T"])
+    return item.call_reference(ref.ddim_sample)
 
 
 def _sample_size(item):
-    data, ac, a = ex._data_and_schedule(item)
-    return ex.chain_size(data, ac, ex._sample_moves(ac.shape[0], a["num_steps"], a["spacing"]), a["x_T"])
+    return ex.chain_terms(item.in_float64(), "x_T", laws.ddim_sample_moves)
 
 
 @pytest.mark.parametrize("impl", [ref.ddim_step, catalogue.step_cast_first, catalogue.step_regrouped],
@@ -133,7 +134,7 @@ def test_float32_steps_stay_far_inside_the_term_size_tolerance(impl):
     """Do correct float32 steps use at most a tenth of the allowed error (the comment claims ≥ 2x)?"""
     ratio = _worst_ratio("ddim_step", impl, ex.step_cases(), ex.build_step,
                          lambda item: item.call_reference(ref.ddim_step),
-                         lambda item: ex._step_terms_size(ex._step_parts(item)))
+                         lambda item: ex.step_terms(item.in_float64()))
     assert ratio < 0.1, ratio
 
 

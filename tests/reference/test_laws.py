@@ -278,3 +278,70 @@ def test_langevin_corrector_has_the_exact_moments_for_a_fixed_batch():
     z_var = (y.mean(0) - moments["var"]) / (y.std(0) / math.sqrt(replicates))
     assert torch.all(z_mean.abs() <= z_max), z_mean
     assert torch.all(z_var.abs() <= z_max), z_var
+
+
+# --- the chains, walks and term sizes the checks use (moved here from grader/exercises) ------------
+
+
+@pytest.mark.parametrize("spacing, num_steps", [("leading", 10), ("trailing", 3), ("linspace", 1)])
+def test_ddim_walks_are_the_reference_sampler_and_inversion(spacing, num_steps):
+    """Does η = 0 DDIM along ddim_sample_moves / ddim_invert_moves equal ddim_sample / ddim_invert exactly?"""
+    from reference.laws import ddim_invert_moves, ddim_run_moves, ddim_sample_moves
+
+    model, x = DATA.eps_model(ALPHAS_CUMPROD), _randn((5, 4), 6)
+    sampled = ddim_sample(model, None, ALPHAS_CUMPROD, num_steps, 0.0, spacing, None, x)
+    torch.testing.assert_close(ddim_run_moves(model, x, ALPHAS_CUMPROD, ddim_sample_moves(1000, num_steps, spacing)),
+                               sampled, rtol=0, atol=0)
+    inverted = ddim_invert(model, x, ALPHAS_CUMPROD, num_steps, spacing)
+    torch.testing.assert_close(ddim_run_moves(model, x, ALPHAS_CUMPROD, ddim_invert_moves(1000, num_steps, spacing)),
+                               inverted, rtol=0, atol=0)
+    assert ddim_sample_moves(1000, num_steps, spacing)[-1][1] == -1 and ddim_invert_moves(1000, num_steps, spacing)[0][0] == -1
+
+
+@pytest.mark.parametrize("t", [0, 1, 500, 999])
+def test_ddpm_ancestral_step_is_ddim_with_eta_one_and_its_law_is_ddpm_step_law(t):
+    """Through the posterior, is DDPM's step DDIM's with η = 1, t_prev = t − 1, and mean + √var·z of ddpm_step_law?"""
+    from reference.laws import ddpm_ancestral_step
+
+    x, z = _randn((5, 4), 7), _randn((5, 4), 8)
+    eps = DATA.eps_model(ALPHAS_CUMPROD)(x, torch.full((5,), t))
+    step = ddpm_ancestral_step(eps, t, x, ALPHAS_CUMPROD, z)
+    # Two float64 formulas; relative round-off ≤ ~1e-13 after the 1/√ᾱ_t ≤ 160 amplification.
+    torch.testing.assert_close(step, ddim_step(eps, t, t - 1, x, ALPHAS_CUMPROD, 1.0, noise=z), rtol=1e-11, atol=1e-12)
+    mean, var = ddpm_step_law(DATA, t, ALPHAS_CUMPROD, point_law(x))
+    torch.testing.assert_close(step, mean + var.sqrt() * z, rtol=1e-11, atol=1e-12)
+
+
+def test_ddim_term_sizes_bound_the_step_and_grow_along_the_chain():
+    """Is Σ|terms| ≥ |step| (a size, not a value) and ≥ the amplified x, and the chain's size finite and positive?"""
+    from reference.laws import alpha_bar, ddim_chain_terms_size, ddim_sample_moves, ddim_terms_size
+
+    assert alpha_bar(ALPHAS_CUMPROD, -1) == 1 and alpha_bar(ALPHAS_CUMPROD, 3) == ALPHAS_CUMPROD[3]
+    x, eps = _randn((5, 4), 9), _randn((5, 4), 10)
+    a_t, a_prev = alpha_bar(ALPHAS_CUMPROD, 999), alpha_bar(ALPHAS_CUMPROD, 499)
+    size = ddim_terms_size(x, eps, a_t, a_prev)
+    assert torch.all(size >= ddim_step(eps, 999, 499, x, ALPHAS_CUMPROD).abs() * (1 - 1e-12))
+    assert torch.all(size >= (a_prev / a_t).sqrt() * x.abs())  # 1/√ᾱ_999 amplifies x: the size says so
+    moves = ddim_sample_moves(1000, 2, "trailing")
+    chain = ddim_chain_terms_size(DATA, ALPHAS_CUMPROD, moves, x)
+    assert torch.all(torch.isfinite(chain)) and torch.all(chain > 0)
+
+
+def test_langevin_chains_of_affine_steps_are_the_samplers_laws():
+    """Do affine_chain of langevin_steps / annealed_langevin_steps / pc_predictor_steps give the laws above exactly?"""
+    from reference.laws import affine_chain, annealed_langevin_steps, langevin_steps, pc_predictor_steps
+
+    start = point_law(_randn((3, 4), 11))
+    target = GaussianData(DATA.mean, DATA.var)
+    torch.testing.assert_close(affine_chain(start, langevin_steps(DATA.mean, DATA.var, 0.02, 5)),
+                               langevin_dynamics_law(target, start, 0.02, 5), rtol=0, atol=ATOL)
+    sigmas = ve_sigmas(0.1, 2.0, 4)
+    alphas = [1e-3 * (s / sigmas[-1]) ** 2 for s in sigmas]
+    torch.testing.assert_close(affine_chain(start, annealed_langevin_steps(DATA, sigmas, alphas, 3)),
+                               annealed_langevin_law(DATA, start, sigmas, 1e-3, 3), rtol=1e-12, atol=ATOL)
+    zero = torch.zeros(4, dtype=torch.float64)
+    pc = affine_chain((zero, sigmas[0] ** 2 * torch.ones_like(zero)), pc_predictor_steps(DATA, sigmas))
+    torch.testing.assert_close(pc, pc_sample_law(DATA, sigmas), rtol=1e-12, atol=ATOL)
+    # A known mistake is another law: noise on the last step adds σ_L² of variance.
+    noisy = affine_chain((zero, sigmas[0] ** 2 * torch.ones_like(zero)), pc_predictor_steps(DATA, sigmas, noisy_end=True))
+    torch.testing.assert_close(noisy[1], pc[1] + sigmas[-1] ** 2, rtol=1e-12, atol=ATOL)
