@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
+import secrets
 from pathlib import Path
 
 import jinja2
 import nbformat
 
+from grader.errors import GraderError
 from grader.results import GradingResult
 
 __all__ = ["render_html", "terminal_summary", "write_outputs"]
@@ -35,29 +36,57 @@ def render_html(result: GradingResult) -> str:
     return _ENV.get_template("report.html.j2").render(result=result, by_function=by_function)
 
 
-def _atomic_write(path: Path, data: str) -> None:
-    """Write via a temporary file and a rename: a reader never sees half a file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(data)
-    os.replace(tmp, path)
+def _open_folder(out: Path) -> int:
+    """A descriptor of the feedback folder, made if missing; refused if it is a link or not a folder."""
+    out.mkdir(parents=True, exist_ok=True)
+    try:
+        return os.open(out, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise GraderError(f"cannot write the feedback into {out}: it is not a plain folder ({exc.strerror})") from None
+
+
+def _atomic_write(folder: int, name: str, data: str) -> None:
+    """Write ``name`` in the folder ``folder`` (a descriptor) via a new temporary file and a rename.
+
+    A reader never sees half a file, and nothing at ``name`` is followed or opened: a link or a
+    FIFO placed there is replaced, not written through. The temporary file is made with O_EXCL
+    and O_NOFOLLOW, under a random name.
+    """
+    tmp = f".{name}.{secrets.token_hex(8)}.part"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=folder)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(data)
+        os.replace(tmp, name, src_dir_fd=folder, dst_dir_fd=folder)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=folder)
+        except OSError:
+            pass
+        raise
 
 
 def write_outputs(result: GradingResult, notebook: nbformat.NotebookNode, out: Path) -> dict[str, Path]:
-    """Write results.json, report.html and ``<notebook>.executed.ipynb`` into ``out``."""
-    out.mkdir(parents=True, exist_ok=True)
+    """Write results.json, report.html and ``<notebook>.executed.ipynb`` into ``out``, atomically.
+
+    Called once the kernel and everything it started are gone, so that what is written is final.
+    """
     stem = Path(result.notebook).stem
-    paths = {
-        "results": out / "results.json",
-        "report": out / "report.html",
-        "notebook": out / f"{stem}.executed.ipynb",
+    names = {"results": "results.json", "report": "report.html", "notebook": f"{stem}.executed.ipynb"}
+    if (out / names["notebook"]).resolve() == Path(result.notebook).resolve():  # never overwrite the submission
+        names["notebook"] = f"{stem}.graded.executed.ipynb"
+    contents = {
+        "results": json.dumps(result.to_gradescope(), indent=2, ensure_ascii=False) + "\n",
+        "report": render_html(result),
+        "notebook": nbformat.writes(notebook),
     }
-    if paths["notebook"].resolve() == Path(result.notebook).resolve():  # never overwrite the submission
-        paths["notebook"] = out / f"{stem}.graded.executed.ipynb"
-    _atomic_write(paths["results"], json.dumps(result.to_gradescope(), indent=2, ensure_ascii=False) + "\n")
-    _atomic_write(paths["report"], render_html(result))
-    _atomic_write(paths["notebook"], nbformat.writes(notebook))
-    return paths
+    folder = _open_folder(out)
+    try:
+        for key, name in names.items():
+            _atomic_write(folder, name, contents[key])
+    finally:
+        os.close(folder)
+    return {key: out / name for key, name in names.items()}
 
 
 def terminal_summary(result: GradingResult, *, verbose: bool = False) -> str:

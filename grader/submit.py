@@ -24,6 +24,7 @@ from grader.exercises import Exercise, load_exercise
 from grader.load import Submission, load_submission
 from grader.results import GradingResult, TestResult
 from grader.runner import KernelRunner
+from grader.sandbox import wire
 from grader.sandbox.kernel import CellRun, Limits, SandboxKernel
 
 __all__ = ["DEFAULT_SEED", "SubmitOptions", "grade_submission", "resolve_device", "run_checks"]
@@ -97,8 +98,8 @@ def run_checks(checks: tuple[Check, ...], ctx: Context, deadline: float | None =
             try:
                 verdicts = check.run(ctx)
             except Exception as exc:  # noqa: BLE001 -- a grader bug must not sink the other checks
-                print(f"grader: internal error in a check of {check.function}: {type(exc).__name__}: {exc}",
-                      file=sys.stderr)
+                print(f"grader: internal error in a check of {check.function}: {type(exc).__name__}: "
+                      f"{wire.clean_text(str(exc), 300)}", file=sys.stderr)
                 verdicts = [Verdict(False, f"the grader failed while checking {check.function} "
                                            f"({type(exc).__name__}); please report this to the course staff")] * len(specs)
         rows.extend((check, spec, verdict) for spec, verdict in zip(specs, verdicts))
@@ -127,9 +128,47 @@ def to_results(
             str(number), spec.name, check.function, spec.kind, verdict.passed,
             spec.points if verdict.passed else 0.0, spec.points, verdict.output, verdict.details,
         ))
-    cells = [{"cell": r.index + 1, "status": r.status, "error": r.error} for r in runs]
+    tests = [_sanitised(test) for test in tests]
+    cells = [{"cell": r.index + 1, "status": r.status, "error": wire.clean_text(r.error, 500)} for r in runs]
     return GradingResult(exercise.name, str(submission_path), tests, options.seed, str(device), __version__,
                          seconds, cells)
+
+
+#: Characters of feedback one test may carry into results.json, the report and the terminal: its
+#: output, each text of its details, and all of its details' texts together. A failed check's
+#: message is a few lines (input, expected, got: under 2,000 characters); these bounds hold
+#: whatever the kernel sent back, even from a worker patched to send more.
+OUTPUT_CHARS, DETAIL_CHARS, DETAILS_CHARS = 10_000, 5_000, 20_000
+
+
+def _sanitised(test: TestResult) -> TestResult:
+    """``test`` with every text decoded, stripped of escape and control characters, and capped.
+
+    The last gate before anything reaches results.json, the report or the terminal: texts that
+    came from the kernel were cleaned as they arrived, but a check may quote a submission's
+    strings (a returned string, a cell's source) in its own words.
+    """
+    budget = [DETAILS_CHARS]
+
+    def clean(value, depth=0):
+        if isinstance(value, str):
+            text = wire.clean_text(value, min(DETAIL_CHARS, max(budget[0], 0)))
+            budget[0] -= len(text)
+            return text
+        if depth > 6:
+            return None
+        if isinstance(value, list):
+            return [clean(v, depth + 1) for v in value[:1000]]
+        if isinstance(value, tuple):
+            return tuple(clean(v, depth + 1) for v in value[:1000])
+        if isinstance(value, dict):
+            return {str(k): clean(v, depth + 1) for k, v in list(value.items())[:1000]}
+        return value
+
+    details = {k: (v if k == "plot" else clean(v)) for k, v in test.details.items()}  # plot: the grader's own PNG
+    test.output = wire.clean_text(test.output, OUTPUT_CHARS)
+    test.details = details
+    return test
 
 
 def grade_submission(path: Path | str, options: SubmitOptions = SubmitOptions()) -> tuple[GradingResult, nbformat.NotebookNode]:

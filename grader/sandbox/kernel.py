@@ -41,7 +41,7 @@ from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
 from grader.errors import GraderError
-from grader.sandbox import procs, wire
+from grader.sandbox import isolation, procs, wire
 from grader.sandbox.worker import OUTCOME_MIME
 
 __all__ = ["CellRun", "KernelError", "Limits", "SandboxKernel"]
@@ -145,32 +145,55 @@ class _State:
 
 
 class _CappedClient(NotebookClient):
-    """nbclient with a cap on the output each cell may keep."""
+    """nbclient with caps on the output each cell, and the whole notebook, may keep.
+
+    Every IOPub message of a cell counts (not only outputs: a display update or a comm message
+    carries data too, and nbclient would store it); once a cap is reached the rest is dropped
+    with a note. Errors always pass, cut to a few lines, so that a failing cell is still seen.
+    """
 
     output_limit: int = 200_000
+    #: The whole notebook's outputs: 25 cells at the per-cell cap (the course's notebooks show a
+    #: dozen plots of about 50 kB each), so that many small floods cannot add up to a huge file.
+    total_cells: int = 25
 
-    def output(self, outs, msg, display_id, cell_index):  # noqa: D401 -- nbclient's hook
-        used = self._used.get(cell_index, 0)
+    def process_message(self, msg, cell, cell_index):  # noqa: D401 -- nbclient's hook
+        msg_type = msg.get("msg_type") or msg.get("header", {}).get("msg_type")
+        if msg_type in ("status", "execute_input"):
+            return super().process_message(msg, cell, cell_index)
+        if msg_type == "error":
+            msg["content"] = _short_error(msg.get("content", {}))
+            return super().process_message(msg, cell, cell_index)
         size = len(json.dumps(msg.get("content", {}), default=str))
-        if used >= self.output_limit:
+        used, total = self._used.get(cell_index, 0), getattr(self, "_total", 0)  # _total outlives restarts
+        self._used[cell_index], self._total = used + size, total + size
+        if used + size > self.output_limit or total + size > self.output_limit * self.total_cells:
+            if cell_index not in self._cut:
+                self._cut.add(cell_index)
+                which = (f"{self.output_limit:,} bytes" if used + size > self.output_limit
+                         else f"{self.output_limit * self.total_cells:,} bytes in the whole notebook")
+                cell.setdefault("outputs", []).append(nbformat.v4.new_output(
+                    "stream", name="stderr", text=f"\n[output cut by the grader after {which}]\n"))
             return None
-        self._used[cell_index] = used + size
-        if used + size > self.output_limit:
-            note = nbformat.v4.new_output(
-                "stream", name="stderr", text=f"\n[output cut by the grader after {self.output_limit:,} bytes]\n"
-            )
-            outs.append(note)
-            return None
-        return super().output(outs, msg, display_id, cell_index)
+        return super().process_message(msg, cell, cell_index)
 
     def reset_execution_trackers(self) -> None:
         super().reset_execution_trackers()
         self._used: dict[int, int] = {}
+        self._cut: set[int] = set()
         self.timed_out = False
 
     async def _async_handle_timeout(self, timeout, cell=None):
         self.timed_out = True  # whatever the kernel answers after the interrupt, this cell timed out
         return await super()._async_handle_timeout(timeout, cell)
+
+
+def _short_error(content: dict) -> dict:
+    """An error message's content with its name, value and traceback cut to a readable size."""
+    lines = content.get("traceback", [])
+    lines = [str(line)[:2000] for line in lines[-60:]] if isinstance(lines, list) else []
+    return {**content, "ename": str(content.get("ename", "Error"))[:200],
+            "evalue": str(content.get("evalue", ""))[:2000], "traceback": lines}
 
 
 class SandboxKernel:
@@ -188,6 +211,7 @@ class SandboxKernel:
         self.limits = limits
         self._private = Path(tempfile.mkdtemp(prefix="grader-private-"))
         self._forbidden = [str(d) for d in forbidden_dirs] + [str(self._private)]
+        self.walls = isolation.Walls(self.workdir, self._private, self._forbidden, limits.memory_bytes)
         self._env = env or {}
         self._state = _State()
         self._batch = 0
@@ -212,7 +236,8 @@ class SandboxKernel:
             "file_bytes": 512 * 1024**2,
             "threads": self.limits.threads,
             "forbidden_dirs": self._forbidden,
-            "writable_dirs": [str(self.workdir), tempfile.gettempdir()],
+            "writable_dirs": self.walls.writable(),
+            **self.walls.config(),
         }
         config_path = self._private / "launch.json"
         config_path.write_text(json.dumps(config))
@@ -225,7 +250,7 @@ class SandboxKernel:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JPY_", "JUPYTER_"))}
         env["PYTHONPATH"] = os.pathsep.join(p for p in [project_root, env.get("PYTHONPATH", "")] if p)
         env["IPYTHONDIR"] = str(self.workdir / ".ipython")
-        env["MPLCONFIGDIR"] = str(Path(tempfile.gettempdir()) / "grader-matplotlib")
+        env.update(self.walls.environment())  # TMPDIR and caches in the kernel's own temporary folder
         env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
         env["PYTHONDONTWRITEBYTECODE"] = "1"
         env["GRADER_MEMORY_LIMIT"] = str(self.limits.memory_bytes)
@@ -270,6 +295,7 @@ class SandboxKernel:
         await self.km.start_kernel(cwd=str(self.workdir), env=self._environment(), stdin=subprocess.DEVNULL,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         await self.client.async_start_new_kernel_client()
+        self.walls.started(self._pid())  # before any cell: what is in force, the namespace, the watchdog
 
     def close(self) -> None:
         """Stop the kernel and every process it started; remove the private folder."""
@@ -296,15 +322,23 @@ class SandboxKernel:
     def _kill(self) -> None:
         pid = self._pid()
         if pid is not None:
-            procs.kill_tree(pid, session=pid)
+            self.walls.kill()  # the namespace's PID 1: Linux kills everything in it; the shim then exits
             process = self.km.provisioner.process
             try:
                 process.wait(timeout=5)
             except Exception:  # noqa: BLE001
                 pass
+            procs.kill_tree(pid, session=pid)  # without a namespace; with one, nothing is left to find
+            try:
+                process.wait(timeout=5)
+            except Exception:  # noqa: BLE001
+                pass
+        self.walls.stopped()
 
     def exit_description(self) -> str:
         """How the kernel process ended, for a message: "exited with status 3", "was killed by SIGKILL"."""
+        if self.walls.exit_reason():
+            return f"was stopped because {self.walls.exit_reason()}"
         process = getattr(getattr(self.km, "provisioner", None), "process", None)
         code = process.poll() if process is not None else None
         if code is None:
@@ -425,11 +459,12 @@ class SandboxKernel:
         poller.register(shell, zmq.POLLIN)
         poller.register(iopub, zmq.POLLIN)
         reply = None
-        idle = False
+        idle = self.drained = False
         checked = time.monotonic()
         while True:
             now = time.monotonic()
             if now >= deadline or (reply is not None and idle):
+                self.drained = idle
                 return reply
             ready = dict(await poller.poll(timeout=max(1, int(1000 * min(0.5, deadline - now)))))
             if iopub in ready:
@@ -506,7 +541,10 @@ class SandboxKernel:
         for index in range(n):
             outcome = outcomes.got.get(index)
             if outcome is None:
-                if failure is None:
+                if failure is None and not self.drained:
+                    failure = {"status": "crashed", "message": f"its result did not arrive within {DRAIN_GRACE:g} s of "
+                               "the call's end: output from the notebook (a thread still printing?) kept the channel busy"}
+                elif failure is None:
                     failure = {"status": "crashed", "message": "the call left no result"}
                 outcome = dict(failure)
                 failure = {"status": "skipped", "message": "not run: an earlier call of this batch failed badly"}
