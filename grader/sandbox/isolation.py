@@ -34,6 +34,11 @@ _SYSTEM_READ = ["/usr", "/lib", "/lib32", "/lib64", "/libx32", "/bin", "/sbin", 
 _ETC_READ = ["ld.so.cache", "ld.so.conf", "ld.so.conf.d", "localtime", "timezone", "passwd", "group",
              "nsswitch.conf", "host.conf", "hosts", "mime.types", "fonts", "ssl/certs", "ca-certificates",
              "os-release", "matplotlibrc", "locale.alias"]
+#: Seconds the grader waits for the kernel's namespace to be gone after its one SIGKILL. The kill is
+#: one signal whatever the tree holds, but Linux still tears down each process's memory: 800 forks of
+#: a kernel that had imported torch took 10.7 s to vanish on 2 cores at load 7 (0.27 s for 800 small
+#: Python processes). Grading ends within --timeout plus one interrupt grace, one kernel start and this.
+TEARDOWN_GRACE = 30.0
 DEVICES = ["/dev/null", "/dev/zero", "/dev/full", "/dev/random", "/dev/urandom"]
 
 
