@@ -9,26 +9,28 @@ outputs on them, the outputs of each known mistake (for hints), the tolerance an
 the expected dtype — saved with ``torch.save`` and loaded with
 ``weights_only=True``, so the release carries data, never code.
 
-``check(fn)`` in a released notebook then calls ``fn`` on those inputs and compares
-what it returns with the recorded values (:class:`Recorded`). Public checks that
+``check(fn)`` in a released notebook then runs the grader's own agreement check on
+those inputs, its reference replaced by a lookup of the recorded outputs
+(:func:`recorded_check`). Public checks that
 judge a property with code of their own (a law, a count of model calls) are not
 in the release; ``check`` says what it ran and ``grade submit`` runs everything.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
+from hypothesis import strategies as st
 
-from grader.checks import (Check, Context, Inputs, Mismatch, Outcome, TestSpec, Tolerance, Verdict, as_tensor,
-                           as_tuple, compare_values, dtype_device_aspect)
+from grader.checks import Agreement, Context, Diagnosis, Inputs, Tolerance, draw_cases
 
-__all__ = ["Recorded", "record_exercise", "write_release"]
+__all__ = ["recorded_check", "record_check", "record_exercise", "write_release"]
 
 #: Where the recorded checks live, inside the released package.
 RELEASED = "released"
@@ -44,142 +46,109 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def _dtype_spec(dtype_from: Any) -> Any:
-    if isinstance(dtype_from, torch.dtype):
-        return {"dtype": str(dtype_from).replace("torch.", "")}
-    return dtype_from  # an argument's name, or None (the default dtype)
+def _to_device(value: Any, device: torch.device) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    if isinstance(value, (tuple, list)):
+        return type(value)(_to_device(v, device) for v in value)
+    return value
 
 
-def _dtype_from(spec: Any) -> Any:
-    return getattr(torch, spec["dtype"]) if isinstance(spec, dict) else spec
+#: Agreement's fields that hold code; everything else it has is data and is recorded as is.
+_CODE_FIELDS = ("cases", "build", "reference", "scale", "diagnoses", "probe", "aspects", "extra_aspects", "examples")
 
 
-@dataclass(frozen=True, eq=False)
-class Recorded(Check):
-    """A public agreement check replayed from values recorded at release time.
+def _data_field(value: Any) -> tuple[bool, Any]:
+    """``(True, recorded form)`` for a field value that is plain data; ``(False, None)`` for code."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True, value
+    if isinstance(value, torch.dtype):
+        return True, {"dtype": str(value).replace("torch.", "")}
+    if isinstance(value, Tolerance):
+        return True, {"tolerance": dataclasses.asdict(value)}
+    if isinstance(value, (tuple, list, frozenset, set)) and all(isinstance(v, str) for v in value):
+        return True, {"strings": sorted(value) if isinstance(value, (frozenset, set)) else list(value),
+                      "type": type(value).__name__}
+    return False, None
 
-    ``data`` is what :func:`record_check` saved: ``function``, ``tests`` (the graded
-    tests' names, points and kinds), ``cases`` (per case: the arguments, their
-    description, the expected result, each known mistake's result), ``hints``,
-    ``tolerance``, ``outputs``, ``broadcastable``, ``dtype`` and the probe, if any.
+
+def _field_value(recorded: Any) -> Any:
+    if isinstance(recorded, dict) and "dtype" in recorded:
+        return getattr(torch, recorded["dtype"])
+    if isinstance(recorded, dict) and "tolerance" in recorded:
+        return Tolerance(**recorded["tolerance"])
+    if isinstance(recorded, dict) and "strings" in recorded:
+        return {"frozenset": frozenset, "set": frozenset, "list": tuple, "tuple": tuple}[recorded["type"]](
+            recorded["strings"])
+    return recorded
+
+
+class RecordedInputs(Inputs):
+    """Inputs whose reference values were recorded at release time: ``call_reference`` looks them up."""
+
+    def call_reference(self, fn: Callable) -> Any:
+        if isinstance(fn, Lookup):
+            return self.meta["recorded"][fn.slot][fn.index]
+        raise TypeError("a student release holds no reference implementation")
+
+
+@dataclass(frozen=True)
+class Lookup:
+    """Stands for a reference (``slot="expected"``) or a known mistake (``"wrong"``): its recorded values."""
+
+    slot: str
+    index: int
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a student release holds no reference implementation")
+
+
+def recorded_check(data: dict) -> Agreement:
+    """The public agreement check that ``data`` (see :func:`record_check`) describes, replaying recorded values.
+
+    It is the grader's own :class:`~grader.checks.Agreement`: the same comparison, tolerance,
+    hints, dtype-and-device and meta-device tests; only its inputs are the recorded ones and
+    its reference is a lookup of the recorded outputs.
     """
+    cases = data["cases"]
 
-    function: str
-    data: dict = field(repr=False)
-    public: bool = True
+    def build(index: int, ctx: Context) -> Inputs:
+        case = cases[index]
+        meta = {"recorded": {"expected": case["expected"], "wrong": case["wrong"]}, "scale": case["scale"]}
+        return RecordedInputs(_to_device(dict(case["args"]), ctx.device), _to_device(dict(case["kwargs"]), ctx.device),
+                              dict(case["notes"]), meta, _to_device(dict(case["hidden"]), ctx.device))
 
-    def tests(self) -> list[TestSpec]:
-        return [TestSpec(name, points, kind) for name, points, kind in self.data["tests"]]
-
-    @property
-    def tolerance(self) -> Tolerance:
-        return Tolerance(**self.data["tolerance"])
-
-    def _items(self, value: Any, outputs: tuple | None) -> list[tuple[str, Any]]:
-        if outputs is None:
-            return [("the result", value)]
-        items = as_tuple(value, outputs, "the result")
-        return [(f"`{name}` (item {i} of the result)", item) for i, (name, item) in enumerate(zip(outputs, items))]
-
-    def _compare(self, value: Any, expected: Any) -> None:
-        outputs = tuple(self.data["outputs"]) if self.data["outputs"] is not None else None
-        expected_items = [expected] if outputs is None else list(expected)
-        for (label, got), exp, name in zip(self._items(value, outputs), expected_items, outputs or ("",)):
-            compare_values(as_tensor(got, label), exp, self.tolerance, label,
-                           broadcast=name in self.data["broadcastable"])
-
-    def run(self, ctx: Context) -> list[Verdict]:
-        cases = self.data["cases"]
-        tag = self.data["tag"]
-        calls = []
-        for case in cases:
-            call = {"function": self.function, "args": list(case["args"].values()), "kwargs": dict(case["kwargs"])}
-            if self.data["probe"]:
-                call["probe"], call["probe_name"] = self.data["probe"], self.data["probe_name"]
-            calls.append(call)
-        seeds = [ctx.seed_for("call", self.function, tag, i) % 2**63 for i in range(len(calls))]
-        outcomes = [Outcome.from_wire(raw) for raw in ctx.runner.run(calls, seeds)]
-        values = self._values_verdict(cases, outcomes)
-        verdicts = [values]
-        if self.data["dtype"] is not None:
-            verdicts.append(self._dtype_verdict(cases, outcomes, values))
-        return verdicts
-
-    def _failure(self, case: dict, outcome: Outcome) -> Mismatch | None:
-        if not outcome.ok:
-            return Mismatch(outcome.explain(self.function))
-        try:
-            self._compare(outcome.value, case["expected"])
-        except Mismatch as mismatch:
-            return mismatch
-        return None
-
-    def _hint(self, cases: list[dict], outcomes: list[Outcome]) -> str:
-        answered = [(c, o) for c, o in zip(cases, outcomes) if o.ok]
-        for index, message in enumerate(self.data["hints"]):
-            def matches(case: dict, outcome: Outcome) -> bool:
-                wrong = case["wrong"][index]
-                if wrong is None:
-                    return False
-                try:
-                    self._compare(outcome.value, wrong)
-                except Exception:  # noqa: BLE001 -- not comparable, or different: not this mistake
-                    return False
-                return True
-
-            if answered and all(matches(c, o) for c, o in answered):
-                return message
-        return ""
-
-    def _values_verdict(self, cases: list[dict], outcomes: list[Outcome]) -> Verdict:
-        failures = [(c, o, m) for c, o in zip(cases, outcomes) if (m := self._failure(c, o)) is not None]
-        if not failures:
-            return Verdict(True, f"passed on {len(cases)} inputs")
-        case, outcome, mismatch = failures[0]
-        if not outcome.ok and all(not o.ok and o.status == outcome.status for _, o, _ in failures):
-            where = "on every input" if len(failures) == len(cases) else f"on {len(failures)} of {len(cases)} inputs"
-            return Verdict(False, f"{outcome.explain(self.function)} ({where})",
-                           {"traceback": outcome.traceback} if outcome.traceback else {})
-        lines = [str(mismatch)]
-        hint = self._hint(cases, outcomes)
-        if hint:
-            lines.append(f"Hint: {hint}")
-        lines.append(f"Failed on {len(failures)} of {len(cases)} inputs. The first failing input:")
-        lines.append(f"{self.function}(\n{case['describe']}\n)")
-        return Verdict(False, "\n".join(lines), {"input": case["describe"]})
-
-    def _dtype_verdict(self, cases: list[dict], outcomes: list[Outcome], values: Verdict) -> Verdict:
-        if not values.passed:
-            return Verdict(False, "not awarded while the values are wrong: this point is for right values in the "
-                                  "right form")
-        spec = self.data["dtype"]
-        outputs = tuple(self.data["outputs"]) if self.data["outputs"] is not None else None
-        aspect = dtype_device_aspect(_dtype_from(spec["dtype_from"]), spec["device_from"], 1,
-                                     items=lambda value: self._items(value, outputs))
-        for case, outcome in zip(cases, outcomes):
-            try:
-                aspect.judge(Inputs(dict(case["args"]), dict(case["kwargs"])), outcome)
-            except Mismatch as mismatch:
-                return Verdict(False, f"{mismatch}\n{self.function}(\n{case['describe']}\n)",
-                               {"input": case["describe"]})
-        return Verdict(True, f"passed on {len(cases)} inputs")
+    fields = {name: _field_value(value) for name, value in data["fields"].items()}
+    references = tuple(Lookup("expected", i) for i in range(data["references"]))
+    return Agreement(
+        **fields, cases=st.sampled_from(range(len(cases))), build=build, examples=tuple(range(len(cases))),
+        reference=references if len(references) > 1 else references[0],
+        scale=(lambda inputs: inputs.meta["scale"]) if data["scaled"] else None,
+        diagnoses=tuple(Diagnosis(Lookup("wrong", i), message) for i, message in enumerate(data["hints"])),
+    )
 
 
 # ----------------------------------------------------------------------------------------- recording
 
 def record_check(check, exercise: str) -> dict | None:
-    """The values of one public agreement check, as ``check(fn)`` would draw them; None if it is not one."""
-    from grader.checks import Agreement, draw_cases
-    from grader.checks.base import probe_source
+    """The values of one public agreement check, on the inputs ``check(fn)`` draws; None if it cannot be.
+
+    Only :class:`~grader.checks.Agreement` itself (not a subclass, which may judge with code
+    of its own) without a probe and without extra aspects is recorded: its verdicts depend on
+    the reference's outputs alone, which are values.
+    """
     from grader.interactive import SCALE
     from grader.runner import InProcessRunner
 
-    if not isinstance(check, Agreement) or not check.public:
+    if type(check) is not Agreement or not check.public or check.probe is not None or check.extra_aspects:
         return None
     ctx = Context(InProcessRunner({}), torch.device("cpu"), 0, exercise, scale=SCALE, public_only=True)
     n = max(1, math.ceil(check.max_examples * ctx.scale))
     tag = f"{check.function}:{check.aspects[0].name}"
     drawn = draw_cases(check.cases, n, ctx.seed_for("cases", tag) % 2**32, check.examples)
+    references = check.reference if isinstance(check.reference, tuple) else (check.reference,)
     cases = []
     for case in drawn:
         inputs = check.build(case, ctx)
@@ -187,24 +156,23 @@ def record_check(check, exercise: str) -> dict | None:
         for diagnosis in check.diagnoses:
             try:
                 wrong.append(_plain(inputs.call_reference(diagnosis.wrong)))
-            except Exception:  # noqa: BLE001 -- the mistake cannot be computed here: no hint from it
+            except Exception:  # noqa: BLE001 -- the mistake cannot be computed on this input: it is not named here
                 wrong.append(None)
-        cases.append({"args": dict(inputs.args), "kwargs": dict(inputs.kwargs), "describe": inputs.describe(),
-                      "expected": _plain(inputs.call_reference(check.reference)), "wrong": wrong})
-    tests = [(spec.name, spec.points, spec.kind) for spec in check.tests()]
-    tolerance = check.tolerance
-    return {
-        "function": check.function, "tag": tag, "tests": tests, "cases": cases,
-        "hints": [d.message for d in check.diagnoses],
-        "tolerance": {"rtol32": tolerance.rtol32, "atol32": tolerance.atol32, "rtol64": tolerance.rtol64,
-                      "atol64": tolerance.atol64, "why": tolerance.why},
-        "outputs": list(check.outputs) if check.outputs is not None else None,
-        "broadcastable": sorted(check.broadcastable),
-        "dtype": {"dtype_from": _dtype_spec(check.dtype_from), "device_from": check.device_from}
-        if check.dtype_points else None,
-        "probe": probe_source(check.probe) if check.probe is not None else None,
-        "probe_name": check.probe.__name__ if check.probe is not None else None,
-    }
+        scale = _plain(check.scale(inputs.in_float64())) if check.scale is not None else None
+        cases.append({"args": dict(inputs.args), "kwargs": dict(inputs.kwargs), "hidden": dict(inputs.hidden),
+                      "notes": dict(inputs.notes), "expected": [_plain(inputs.call_reference(r)) for r in references],
+                      "wrong": wrong, "scale": scale})
+    fields = {}
+    for field_ in dataclasses.fields(check):
+        if field_.name in _CODE_FIELDS or not field_.init:
+            continue
+        plain, value = _data_field(getattr(check, field_.name))
+        if not plain:
+            return None  # a field this release does not know how to carry as data: not released
+        fields[field_.name] = value
+    return {"function": check.function, "fields": fields, "cases": cases, "references": len(references),
+            "scaled": check.scale is not None, "hints": [d.message for d in check.diagnoses],
+            "tests": [spec.name for spec in check.tests()]}
 
 
 def record_exercise(name: str) -> dict:
@@ -244,7 +212,7 @@ import torch
 
 from grader.checks import Check, Signatures
 from grader.errors import UnknownExercise
-from grader.release import Recorded
+from grader.release import recorded_check
 
 __all__ = ["Exercise", "exercise_names", "find_exercise_of", "load_exercise"]
 
@@ -277,7 +245,7 @@ def load_exercise(name: str) -> Exercise:
         raise UnknownExercise(f"unknown exercise {name!r}; this release holds: {', '.join(exercise_names())}")
     data = torch.load(DATA / f"{name}.pt", weights_only=True)
     return Exercise(data["name"], data["title"], tuple((f, tuple(args)) for f, args in data["functions"]),
-                    tuple(Recorded(c["function"], c) for c in data["checks"]), tuple(data["not_released"]))
+                    tuple(recorded_check(c) for c in data["checks"]), tuple(data["not_released"]))
 
 
 def find_exercise_of(function_name: str):
@@ -323,8 +291,8 @@ and says what differs. Your grade comes from the course's grader, which runs man
 """
 
 #: Parts of the grader package a release leaves out: the declarations (replaced by values)
-#: and the instructors' tools that need the reference.
-LEFT_OUT = ("exercises", "export")
+#: and the instructors' tools that need the reference or the solutions.
+LEFT_OUT = ("exercises", "export", "generate.py")
 
 
 def _copy_package(source: Path, target: Path) -> None:

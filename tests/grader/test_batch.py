@@ -216,7 +216,7 @@ def test_killed_mid_batch_and_started_again_grades_only_what_is_missing(tmp_path
         shutil.copy(ROOT / "exercises" / "q_sampler" / "q_sampler.ipynb", class_dir / f"{name}.ipynb")
     out = tmp_path / "gradebook"
     command = [sys.executable, "-m", "grader", "batch", str(class_dir), "--out", str(out), "--jobs", "1",
-               "--device", "cpu", "--progress", "lines"]
+               "--device", "cpu", "--progress", "lines", "--exercise", "q_sampler"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
     while not _records(out) and time.monotonic() < deadline and process.poll() is None:
