@@ -73,10 +73,16 @@ __all__ = [
     "langevin_steps",
     "annealed_langevin_steps",
     "pc_predictor_steps",
+    "langevin_variant_law",
+    "annealed_langevin_variant_law",
+    "pc_sample_variant_law",
     "ddim_sample_moves",
     "ddim_invert_moves",
     "ddim_run_moves",
     "ddpm_ancestral_step",
+    "per_sample_norm",
+    "recover_corrector_noise",
+    "pc_transition_noises",
     "ddim_terms_size",
     "ddim_chain_terms_size",
 ]
@@ -653,6 +659,36 @@ def pc_predictor_steps(data: GaussianData, sigmas: torch.Tensor, *, g2_of: Calla
     return steps
 
 
+def langevin_variant_law(target: GaussianData, x_law: Law, step_size: float, n_steps: int, score_coef: float = 0.5,
+                         noise_coef: float | None = None) -> Law:
+    """The law of n steps x′ = x + score_coef·α·∇log p + noise_coef·z (default: :func:`langevin_dynamics_law`).
+
+    Other coefficients are the laws of known mistakes (α·∇log p, α·z, no noise, …).
+    """
+    return affine_chain(x_law, langevin_steps(target.mean, target.var, step_size, n_steps, score_coef, noise_coef))
+
+
+def annealed_langevin_variant_law(data: GaussianData, x_law: Law, sigmas: torch.Tensor, step_lr: float,
+                                  n_steps_each: int, *, ratio: Callable | None = None, ascending: bool = False,
+                                  score_coef: float = 0.5, noise: Callable[[float], float] | None = None) -> Law:
+    """Annealed Langevin with α_i = step_lr·ratio(σ_i, σ_0, σ_L) (default (σ_i/σ_L)²: :func:`annealed_langevin_law`).
+
+    ``ascending`` runs the levels from the smallest; ``score_coef`` and ``noise(α)`` change each step.
+    """
+    ratio = ratio or (lambda s, first, last: (s / last) ** 2)
+    levels = sigmas.flip(0) if ascending else sigmas
+    alphas = [step_lr * ratio(s, sigmas[0], sigmas[-1]) for s in levels]
+    return affine_chain(x_law, annealed_langevin_steps(data, levels, alphas, n_steps_each, score_coef, noise))
+
+
+def pc_sample_variant_law(data: GaussianData, sigmas: torch.Tensor, start_var: float | None = None, **mistake) -> Law:
+    """``pc_sample(..., n_corrector=0)`` from x ~ N(0, start_var) (default σ_0²) with the mistakes of
+    :func:`pc_predictor_steps`; with no mistake, :func:`pc_sample_law`."""
+    zero = torch.zeros_like(data.mean, dtype=torch.float64)
+    start = (zero, (sigmas[0] ** 2 if start_var is None else start_var) * torch.ones_like(zero))
+    return affine_chain(start, pc_predictor_steps(data, sigmas, **mistake))
+
+
 # ---------------------------------------------------------------------------------------------
 # DDIM's walks and the size of its terms (what the round-off of a correct implementation is relative to)
 # ---------------------------------------------------------------------------------------------
@@ -734,3 +770,70 @@ def ddim_chain_terms_size(data: GaussianData, alphas_cumprod: torch.Tensor, move
         size = slope.abs() * size + ddim_terms_size(x, eps, a_from, a_to) + eps_coefficient * eps_size
         x = x_next
     return size
+
+
+# ---------------------------------------------------------------------------------------------
+# The Langevin corrector read backwards: the noise of a step, from its two states
+# ---------------------------------------------------------------------------------------------
+
+
+def per_sample_norm(v: torch.Tensor) -> torch.Tensor:
+    """‖v_b‖ over the non-batch dimensions, ``(B,)``."""
+    return torch.linalg.vector_norm(v.reshape(v.shape[0], -1), dim=-1)
+
+
+def recover_corrector_noise(x: torch.Tensor, x_next: torch.Tensor, score: torch.Tensor, snr: float) -> torch.Tensor:
+    """The noise z of a corrector step x_next = x + ε·s + √(2ε)·z with ε = 2(snr·mean_b‖z_b‖/mean_b‖s_b‖)².
+
+    Writing Δ = x_next − x, the relation holds iff mean_b‖Δ_b − ε·s_b‖ = ε·ḡ/snr with
+    ḡ = mean_b‖s_b‖. The left side minus the right, f(ε), is convex, positive at 0 and
+    has slope → ḡ(1 − 1/snr) < 0 (snr < 1): it is strictly decreasing with one root,
+    found by bisection in float64 to relative precision 1e-15. Then z = (Δ − ε·s)/√(2ε).
+
+    Raises:
+        ValueError: the step cannot be read (a zero score, non-finite values, or ε = 0).
+    """
+    delta = x_next - x
+    g_bar = float(per_sample_norm(score).mean())
+    if not g_bar > 0 or not bool(torch.isfinite(delta).all()):
+        raise ValueError("a corrector step could not be read off its states (zero score or non-finite values)")
+
+    def f(eps: float) -> float:
+        return float(per_sample_norm(delta - eps * score).mean()) - eps * g_bar / snr
+
+    low, high = 0.0, float(per_sample_norm(delta).mean()) / (g_bar * (1 / snr - 1)) * 1.01 + 1e-300
+    for _ in range(200):
+        mid = 0.5 * (low + high)
+        low, high = (mid, high) if f(mid) > 0 else (low, mid)
+        if high - low <= 1e-15 * high:
+            break
+    eps = 0.5 * (low + high)
+    if not eps > 0:
+        raise ValueError("a corrector step did not move the samples: its step size ε is 0")
+    return (delta - eps * score) / math.sqrt(2 * eps)
+
+
+def pc_transition_noises(data: GaussianData, states: list[torch.Tensor], sigmas: torch.Tensor, n_corrector: int,
+                         snr: float) -> tuple[list[torch.Tensor], list[str]]:
+    """The noise of every transition of ``pc_sample`` with the exact VE score, read off the states the score saw.
+
+    ``states`` are the ``L·(n_corrector + 1)`` full-batch inputs of the score, in order: at each
+    level σ_i the corrector steps, then the predictor. The start is x = σ_0·z; a corrector step
+    x′ = x + ε·s(x, σ_i) + √(2ε)·z (:func:`recover_corrector_noise`); a predictor step
+    x′ = x + g²·s(x, σ_i) + g·z with g² = σ_i² − σ_{i+1}². For a correct sampler every noise is
+    i.i.d. N(0, 1). Returns the noises and their kinds ("start", "corrector", "predictor").
+    """
+    per_level = n_corrector + 1
+    noises, kinds = [states[0] / float(sigmas[0])], ["start"]
+    for k in range(len(states) - 1):
+        i, j = divmod(k, per_level)
+        sigma = float(sigmas[i])
+        s = data.score(states[k], torch.ones((), dtype=torch.float64), torch.tensor(sigma, dtype=torch.float64) ** 2)
+        if j < n_corrector:
+            noises.append(recover_corrector_noise(states[k], states[k + 1], s, snr))
+            kinds.append("corrector")
+        else:
+            g2 = sigma**2 - float(sigmas[i + 1]) ** 2
+            noises.append((states[k + 1] - states[k] - g2 * s) / math.sqrt(g2))
+            kinds.append("predictor")
+    return noises, kinds

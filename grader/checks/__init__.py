@@ -11,7 +11,7 @@ Checks (each a frozen dataclass; ``tests()`` announces the graded tests, ``run(c
   ``tolerance`` is the grading tolerance, ``diagnosis_tolerance`` the one for hints; ``scale``
   makes the tolerance relative to the formula's terms rather than to |expected|.
 * :class:`Property` — any judges (:class:`Aspect`) of each output on hypothesis-drawn inputs,
-  with :class:`Diagnosis` hints, shrinking to the smallest failing input, and the meta-device
+  with :class:`Diagnosis` hints (:func:`swapped`: a tuple returned in the wrong order), shrinking to the smallest failing input, and the meta-device
   probe of device aspects.
 * :class:`Law` — a sampler against the exact law of its output (``reference.laws``): a
   ``draw(ctx)`` gives the calls and their laws (:class:`LawDraw` of :class:`Sample`), the
@@ -39,6 +39,8 @@ Aspects (tests of a :class:`Property`), one judge each:
   ``(B,)`` tensor, in order (``order="blocks"``) or per level with the ends fixed (``"ends"``).
 * :class:`Reproducible` — the same generator seed gives the same samples (and another seed
   others): its probe :func:`seeded_runs` runs the function several times.
+* :class:`Traced` — the states a function's model was evaluated at (probe :func:`traced_run`),
+  for tests of a chain's transitions.
 
 Comparing and inputs:
 
@@ -86,9 +88,10 @@ from grader.checks.property import (
     draw_cases,
     dtype_device_aspect,
     output_aspect,
+    swapped,
 )
 from grader.checks.statistical import StatReport, Statistical, Unanswered, value_of
-from grader.checks.calls import ModelCalls, Reproducible, seeded_runs
+from grader.checks.calls import ModelCalls, Reproducible, Traced, seeded_runs, traced_run
 from grader.checks.law import Battery, Law, LawDraw, Sample, standardise
 from grader.checks.modules import Behaviour, ReferenceNamespace, field, linear_spec, scenario_inputs, tensor_field
 from grader.checks.structure import Signatures
@@ -118,6 +121,7 @@ __all__ = [
     "Statistical",
     "TestSpec",
     "Tolerance",
+    "Traced",
     "Unanswered",
     "Verdict",
     "as_tensor",
@@ -135,7 +139,9 @@ __all__ = [
     "seeded_runs",
     "show",
     "stable_seed",
+    "swapped",
     "standardise",
+    "traced_run",
     "tensor_field",
     "value_of",
 ]

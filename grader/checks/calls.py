@@ -7,6 +7,9 @@ Both are aspects (:class:`~grader.checks.property.Aspect`) of a
   record=True)``; ``Outcome.model_calls``): how many sample-evaluations at each level
   (a timestep t or a noise level σ), with the level passed as a ``(B,)`` tensor, in
   which order.
+* :class:`Traced` runs the function once through :func:`traced_run`, with its model
+  wrapped so that every input the model is evaluated at comes back (the states of a
+  chain, for tests of its transitions).
 * :class:`Reproducible` runs the function several times through one probe,
   :func:`seeded_runs` — with generators seeded alike, and optionally one seeded
   otherwise — and judges that the same seed gives the same samples (and another seed
@@ -26,7 +29,7 @@ from grader.checks.base import Context, Inputs, Outcome
 from grader.checks.compare import Mismatch, as_tensor, as_tuple
 from grader.checks.property import Aspect
 
-__all__ = ["ModelCalls", "Reproducible", "seeded_runs"]
+__all__ = ["ModelCalls", "Reproducible", "Traced", "seeded_runs", "traced_run"]
 
 Block = tuple[Any, int]  # (level or None, rows): consecutive sample-evaluations at one level
 
@@ -291,3 +294,69 @@ class Reproducible:
                                "reseeding, or ignoring `generator`?")
 
         return Aspect(name, points, judge, gated_by=gated_by)
+
+
+def traced_run(ns, *args, _function, _model, **kwargs):
+    """Probe: ``function(*args, **kwargs)`` with the model argument ``_model`` (a position or a name) wrapped to
+    record every ``(x, level)`` it is evaluated at; the result, the states and the levels."""
+    states, levels = [], []
+    args = list(args)
+    model = args[_model] if isinstance(_model, int) else kwargs[_model]
+
+    def traced(x, level):
+        states.append(x.detach().clone())
+        levels.append(torch.as_tensor(level).detach().clone())
+        return model(x, level)
+
+    if isinstance(_model, int):
+        args[_model] = traced
+    else:
+        kwargs[_model] = traced
+    return getattr(ns, _function)(*args, **kwargs), states, levels
+
+
+@dataclass(frozen=True)
+class Traced:
+    """The states a function's model was evaluated at, in order (see :func:`traced_run`).
+
+    ``inputs(inputs)`` marks a call for the probe (``ctx.call(function, [...], Traced.probe)``);
+    :meth:`states` joins the evaluations on parts of the batch into full-batch states.
+    """
+
+    function: str
+    model: int | str = 0
+
+    probe = staticmethod(traced_run)
+
+    def inputs(self, inputs: Inputs) -> Inputs:
+        inputs.hidden.update({"_function": self.function, "_model": self.model})
+        return inputs
+
+    def states(self, value: Any, batch: int, shape: tuple | None = None) -> tuple[Any, list[torch.Tensor], list[float]]:
+        """The result, the full-batch states (float64, CPU) and the first level of each.
+
+        A Mismatch if they cannot be read, do not add up to full batches, are not all finite, or
+        (with ``shape``) the states do not have that shape.
+        """
+        out, states, levels = as_tuple(value, ("result", "states", "levels"), "the probe's result")
+        if not isinstance(states, (list, tuple)) or not isinstance(levels, (list, tuple)):
+            raise Mismatch(f"{self.function}'s model calls could not be recorded")
+        joined, joined_levels, pending = [], [], []
+        for x, level in zip(states, levels):
+            pending.append(as_tensor(x, "a state passed to the model").detach().to("cpu", torch.float64))
+            level = as_tensor(level, "a level passed to the model").detach().to("cpu", torch.float64).flatten()
+            rows = sum(p.shape[0] for p in pending)
+            if rows == batch:
+                joined.append(torch.cat(pending))
+                joined_levels.append(float(level[0]) if level.numel() else float("nan"))
+                pending = []
+            elif rows > batch:
+                raise Mismatch(f"{self.function} evaluated its model on batches that do not add up to the sample batch")
+        if pending:
+            raise Mismatch(f"{self.function}'s last model evaluation did not cover the whole batch")
+        if not all(bool(torch.isfinite(x).all()) for x in joined):
+            raise Mismatch(f"{self.function}'s chain produced NaN or infinite values (seen in the inputs of its model)")
+        if shape is not None and joined and tuple(joined[0].shape) != tuple(shape):
+            raise Mismatch(f"{self.function}'s model was called with x of shape {tuple(joined[0].shape)}; expected "
+                           f"{tuple(shape)}")
+        return out, joined, joined_levels

@@ -59,13 +59,15 @@ DEFAULT_TOLERANCE = Tolerance(
 )
 
 
-def as_tensor(value: Any, what: str, *, real: bool = True) -> torch.Tensor:
+def as_tensor(value: Any, what: str, *, real: bool = True, shape: tuple | None = None,
+              finite: bool = False) -> torch.Tensor:
     """The returned value as a plain tensor with values, or :class:`Mismatch` saying what it was instead.
 
     Refused, each with one clear sentence (never an internal error further on): anything
     but an exact ``torch.Tensor``; a tensor on PyTorch's ``meta`` device (it has a shape but
     no values); a sparse or other non-strided layout; a complex tensor where real values
-    are expected (``real=True``, the default).
+    are expected (``real=True``, the default). With ``shape``, another shape is refused too;
+    with ``finite``, NaN and infinite values, and the tensor comes back in float64 on the CPU.
     """
     if isinstance(value, dict) and UNSUPPORTED in value:
         raise Mismatch(f"{what} is {value[UNSUPPORTED]}; a plain torch.Tensor was expected")
@@ -79,6 +81,12 @@ def as_tensor(value: Any, what: str, *, real: bool = True) -> torch.Tensor:
                        "inputs' device")
     if real and value.is_complex():
         raise Mismatch(f"{what} has the complex dtype {value.dtype}; real values were expected")
+    if shape is not None and tuple(value.shape) != tuple(shape):
+        raise Mismatch(f"{what} has shape {tuple(value.shape)}; expected {tuple(shape)}")
+    if finite:
+        value = value.detach().to("cpu", torch.float64)
+        if not bool(torch.isfinite(value).all()):
+            raise Mismatch(f"{what} contains NaN or infinite values")
     return value
 
 

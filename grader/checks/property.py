@@ -37,7 +37,7 @@ from grader.checks.compare import DEFAULT_TOLERANCE, Mismatch, Tolerance, as_ten
 from grader.sandbox.wire import SPEC
 
 __all__ = ["Agreement", "Aspect", "Diagnosis", "Property", "device_leak", "draw_cases", "dtype_device_aspect",
-           "output_aspect"]
+           "output_aspect", "swapped"]
 
 #: Live calls hypothesis may make while shrinking one failure (each is one round trip).
 SHRINK_CALLS = 60
@@ -260,6 +260,17 @@ class Property(Check):
             if answered and all(_matches(diagnosis, inputs, outcome, tolerance) for inputs, outcome in answered):
                 return diagnosis.message
         return ""
+
+
+def swapped(function: Callable) -> Callable:
+    """``function`` with its two results in the other order: the wrong formula of a Diagnosis for a result returned
+    as ``(b, a)`` where ``(a, b)`` belongs (``(x_mean, x)`` for ``(x, x_mean)``)."""
+
+    def wrong(*args, **kwargs):
+        first, second = function(*args, **kwargs)
+        return second, first
+
+    return wrong
 
 
 def _matches(diagnosis: Diagnosis, inputs: Inputs, outcome: Outcome, tolerance: Tolerance) -> bool:

@@ -20,13 +20,13 @@ from grader.stats import binomial_band_test
 import torch
 from scipy import stats
 
-from grader.checks import Context
-from grader.checks.property import draw_cases
+from grader.checks import Context, Law, draw_cases
 from grader.exercises import langevin as ex
 from grader.runner import InProcessRunner
 from grader.sandbox import models, wire
 from grader.stats import variance_chi2
 from reference import langevin as ref
+from reference import laws
 from reference.toy import GaussianData, GaussianMixture
 from tests.catalogue import langevin as catalogue
 
@@ -38,7 +38,8 @@ CALIBRATION_SEEDS = 200
 #: this is the chance that the fixed seeds made it fail for a correct check: 3 groups at 1e-3 each.
 KS_LEVEL = 1e-3
 
-PROCEDURES = (ex.langevin_law, ex.annealed_law, ex.pc_law, ex.pc_transitions)
+#: The three Law checks, then the transitions of pc_sample with correctors (a procedure).
+LAWS = [check for check in ex.EXERCISE.checks if isinstance(check, Law)]
 
 
 def _law_statistics(namespace: dict, seeds: range) -> list:
@@ -46,8 +47,9 @@ def _law_statistics(namespace: dict, seeds: range) -> list:
     collected = []
     for seed in seeds:
         ctx = Context(InProcessRunner(namespace), torch.device("cpu"), seed, "langevin")
-        for procedure in PROCEDURES:
-            collected += procedure(ctx, ex.LAW_ALPHA).statistics
+        for check in LAWS:
+            collected += check.measure(ctx).statistics
+        collected += ex.pc_transitions(ctx, ex.LAW_ALPHA).statistics
     return collected
 
 
@@ -88,7 +90,7 @@ def test_law_statistics_of_correct_samplers_follow_their_null_distributions():
 
 @pytest.mark.parametrize("batch, shape", [(1, (7,)), (5, (3, 2)), (64, (32,))])
 def test_corrector_noise_is_recovered_exactly_from_two_states(batch, shape):
-    """Does _recover_corrector return the very z of a corrector step x → x′, from x, x′ and the score alone?"""
+    """Does laws.recover_corrector_noise return the very z of a corrector step x → x′, from x, x′ and the score alone?"""
     g = torch.Generator().manual_seed(batch)
     data = GaussianData(torch.randn(shape, generator=g, dtype=torch.float64),
                         torch.rand(shape, generator=g, dtype=torch.float64) + 0.05)
@@ -96,7 +98,7 @@ def test_corrector_noise_is_recovered_exactly_from_two_states(batch, shape):
     z = torch.randn(x.shape, generator=g, dtype=torch.float64)
     x_next, _ = ref.langevin_corrector(data.score_fn(), x, 0.7, 0.2, noise=z)
     score = data.score_fn()(x, torch.full((batch,), 0.7, dtype=torch.float64))
-    recovered = ex._recover_corrector(x, x_next, score, 0.2)
+    recovered = laws.recover_corrector_noise(x, x_next, score, 0.2)
     torch.testing.assert_close(recovered, z, rtol=0, atol=1e-9)  # float64 bisection to 1e-15 relative
 
 
@@ -107,9 +109,9 @@ def test_a_corrector_step_of_the_wrong_size_is_not_read_as_a_correct_one():
     x = 2 * torch.randn((256, 32), generator=g, dtype=torch.float64)
     z = torch.randn(x.shape, generator=g, dtype=torch.float64)
     score = data.score_fn()(x, torch.full((256,), 1.0, dtype=torch.float64))
-    eps = 2 * 2 * (0.2 * ex._per_sample_norm(z).mean() / ex._per_sample_norm(score).mean()) ** 2
+    eps = 2 * 2 * (0.2 * laws.per_sample_norm(z).mean() / laws.per_sample_norm(score).mean()) ** 2
     x_next = x + eps * score + (2 * eps).sqrt() * z
-    recovered = ex._recover_corrector(x, x_next, score, 0.2)
+    recovered = laws.recover_corrector_noise(x, x_next, score, 0.2)
     assert not variance_chi2(recovered, 1e-6).passed
 
 
