@@ -345,3 +345,42 @@ def test_langevin_chains_of_affine_steps_are_the_samplers_laws():
     # A known mistake is another law: noise on the last step adds σ_L² of variance.
     noisy = affine_chain((zero, sigmas[0] ** 2 * torch.ones_like(zero)), pc_predictor_steps(DATA, sigmas, noisy_end=True))
     torch.testing.assert_close(noisy[1], pc[1] + sigmas[-1] ** 2, rtol=1e-12, atol=ATOL)
+
+
+def test_variant_laws_without_a_mistake_are_the_exact_laws_and_with_one_differ():
+    """Are the variant laws (the laws of known mistakes) the exact laws when no mistake is switched on?"""
+    from reference.laws import annealed_langevin_variant_law, langevin_variant_law, pc_sample_variant_law
+
+    start, sigmas = point_law(_randn((3, 4), 12)), ve_sigmas(0.1, 2.0, 4)
+    torch.testing.assert_close(langevin_variant_law(DATA, start, 0.02, 3), langevin_dynamics_law(DATA, start, 0.02, 3),
+                               rtol=0, atol=ATOL)
+    torch.testing.assert_close(annealed_langevin_variant_law(DATA, start, sigmas, 1e-3, 2),
+                               annealed_langevin_law(DATA, start, sigmas, 1e-3, 2), rtol=1e-12, atol=ATOL)
+    torch.testing.assert_close(pc_sample_variant_law(DATA, sigmas), pc_sample_law(DATA, sigmas), rtol=1e-12, atol=ATOL)
+    ascending = annealed_langevin_variant_law(DATA, start, sigmas, 1e-3, 2, ascending=True)
+    assert not torch.allclose(ascending[1], annealed_langevin_law(DATA, start, sigmas, 1e-3, 2)[1])
+    assert torch.all(langevin_variant_law(DATA, start, 0.02, 3, noise_coef=0.0)[1] == 0)
+
+
+def test_pc_transition_noises_recover_the_noises_of_a_chain():
+    """Run pc_sample's chain with known noises (2 correctors per level): are exactly those noises read off its states?"""
+    from reference.laws import pc_transition_noises
+
+    sigmas, snr, score = ve_sigmas(0.05, 5.0, 3), 0.2, DATA.score_fn()
+    z0 = _randn((64, 4), 13)
+    x, states, injected = sigmas[0] * z0, [], [z0]
+    for i, sigma in enumerate(sigmas):
+        for j in range(2):
+            states.append(x)
+            z = _randn((64, 4), 100 + 10 * i + j)
+            x, _ = langevin_corrector(score, x, sigma, snr, noise=z)
+            injected.append(z)
+        states.append(x)
+        if i + 1 < len(sigmas):
+            z = _randn((64, 4), 200 + i)
+            x, _ = reverse_diffusion_predictor(score, x, sigma, sigmas[i + 1], noise=z)
+            injected.append(z)
+    noises, kinds = pc_transition_noises(DATA, states, sigmas, 2, snr)
+    assert kinds[:4] == ["start", "corrector", "corrector", "predictor"] and len(noises) == len(injected)
+    for got, want in zip(noises, injected):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-8)  # bisection to 1e-15 relative in ε, amplified by 1/√ε
