@@ -331,6 +331,14 @@ def cfgpp_float64(eps_uncond, eps_cond, t, t_prev, xt, alphas_cumprod, lam):
     return out.to(xt.dtype)
 
 
+def cfgpp_cast_first(eps_uncond, eps_cond, t, t_prev, xt, alphas_cumprod, lam):
+    """The schedule cast to the data's dtype before any arithmetic (float32 throughout)."""
+    ac = alphas_cumprod.to(xt.dtype)
+    a_t, a_prev = _abar(ac, t), _abar(ac, t_prev)
+    x0_hat = (xt - (1 - a_t).sqrt() * torch.lerp(eps_uncond, eps_cond, lam)) / a_t.sqrt()
+    return a_prev.sqrt() * x0_hat + (1 - a_prev).sqrt() * eps_uncond
+
+
 def sample_float64_inside(eps_model, shape, cond, uncond, guidance_scale, alphas_cumprod, num_steps, generator=None,
                           x_T=None):
     """The chain in float64 (the model is called with float64 samples), cast back at the end."""
@@ -356,5 +364,6 @@ ALTERNATIVES = [
     Alternative("threshold sample by sample", "dynamic_threshold", threshold_loop, "a loop over the batch"),
     Alternative("threshold in float64", "dynamic_threshold", threshold_float64, "upcast, threshold, cast back"),
     Alternative("CFG++ regrouped in float64", "cfg_pp_step", cfgpp_float64, "coefficients of x_t, ε_u, ε_c"),
+    Alternative("CFG++ casting the schedule first", "cfg_pp_step", cfgpp_cast_first, "float32 arithmetic, lerp"),
     Alternative("sampler in float64 inside", "cfg_sample", sample_float64_inside, "float64 chain, cast back"),
 ]
