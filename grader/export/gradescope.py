@@ -59,6 +59,7 @@ exec python3 "$ROOT/source/run_gradescope.py"
 
 RUNNER = '''"""Grade /autograder/submission/*.ipynb into /autograder/results/results.json (written by grade export)."""
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -106,6 +107,7 @@ def main():
     command = [sys.executable, "-m", "grader", "submit", str(notebook), "--out", str(feedback), "--exercise",
                exercise, "--timeout", str(CONFIG["budget"]), "--device", "cpu", *CONFIG["options"]]
     started = time.monotonic()
+    print("grader:", importlib.util.find_spec("grader").origin)
     print("grading", notebook, "with", " ".join(command), flush=True)
     try:
         done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
