@@ -68,7 +68,7 @@ def test_does_each_class_draw_the_shape_it_names():
     # Area of each shape with r = 12 px, measured from the anti-aliased pixels of a 64-px
     # image at a few rotations, against the closed form. clamp(½ − d, 0, 1) integrates the
     # edge exactly to first order in the curvature: at r = 12 the measured areas agree within
-    # 2 % (seen ≤ 0.6 %); a wrong shape (a disc for a ring, a box for the cross) is off by > 30 %.
+    # 2 % (seen ≤ 0.4 %); a wrong shape (a disc for a ring, a box for the cross) is off by > 30 %.
     r = 12.0
     w = max(0.25 * r, 0.75)
     area = {

@@ -135,6 +135,13 @@ def test_feature_statistics_are_the_unbiased_mean_and_covariance_in_the_type_giv
         fid.feature_statistics(x[:1])
 
 
+def test_feature_statistics_stay_on_the_inputs_device():
+    # PyTorch's meta device applies CUDA's rules without a GPU: a CPU tensor made inside would raise.
+    x = torch.empty((10, 3), dtype=torch.float64, device="meta")
+    mu, sigma = fid.feature_statistics(x)
+    assert mu.device.type == sigma.device.type == "meta" and sigma.shape == (3, 3) and sigma.dtype == torch.float64
+
+
 # -- frechet_distance ----------------------------------------------------------------------------
 
 cases = st.fixed_dictionaries({
