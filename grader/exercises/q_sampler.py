@@ -15,16 +15,17 @@ from hypothesis import strategies as st
 from grader.checks import (
     Agreement,
     Aspect,
+    Battery,
     Context,
     Diagnosis,
     Inputs,
+    Law,
+    LawDraw,
     Mismatch,
     Property,
-    StatReport,
-    Statistical,
+    Sample,
     Tolerance,
     as_tensor,
-    value_of,
 )
 from grader.exercises import Exercise
 from grader.exercises._common import (
@@ -34,7 +35,6 @@ from grader.exercises._common import (
     diffusion_cases,
     schedule_note,
 )
-from grader.stats import mean_z, product_z, variance_chi2
 from reference import q_sampler as ref
 from reference._broadcast import extract, prepend_one
 
@@ -160,10 +160,12 @@ def _q_posterior_unclipped(x0, xt, t, betas):
 
 # -- laws --------------------------------------------------------------------------------------
 
-#: Each law check splits its level 1e-6 over five tests (Bonferroni): the mean z-test
-#: and the χ² variance test are exact for Gaussian residuals; the three correlation
-#: tests use the Chernoff bound of grader.stats.product_z.
+#: Each law check splits its level 1e-6 over five tests (Bonferroni): the mean z-test and the
+#: χ² variance test of the first call are exact for Gaussian residuals; the three correlation
+#: tests (between the two calls, between batch elements, between coordinates of the first call)
+#: use the Chernoff bound of grader.stats.product_z.
 LAW_ALPHA = 1e-6
+LAW_BATTERY = Battery(per_call=("mean", "variance"), on_calls=(0,), between_calls=True, batch=0, coordinates=0)
 LAW_DERIVATION = ("five tests at 2e-7 each (Bonferroni): the pooled mean z and the χ² of the variance are exact "
                   "for i.i.d. N(0, 1) residuals, the three correlation tests are Chernoff bounds")
 
@@ -179,41 +181,21 @@ def _law_data(ctx: Context, tag: str, batch: int, dim: int, T: int, kind: str):
     return x0, t, betas
 
 
-def _residual_tests(r1: torch.Tensor, r2: torch.Tensor, alpha: float) -> list:
-    """Mean, variance, and independence between calls, batch elements and coordinates."""
-    a = alpha / 5
-    half = r1.shape[0] // 2
-    return [
-        mean_z(r1, a),
-        variance_chi2(r1, a),
-        product_z(r1, r2, a, "correlation between two calls"),
-        product_z(r1[:half], r1[half: 2 * half], a, "correlation between batch elements"),
-        product_z(r1[:, 0::2], r1[:, 1::2], a, "correlation between coordinates"),
-    ]
+def _marginal(x0: torch.Tensor, t: torch.Tensor, alphas_cumprod: torch.Tensor) -> tuple:
+    """q(x_t | x₀) = N(√ᾱ_t·x₀, 1 − ᾱ_t) per element, in float64: the law both checks test."""
+    x0, ac = x0.to(torch.float64), alphas_cumprod.to(torch.float64)
+    return extract(ac.sqrt(), t, x0) * x0, extract(1 - ac, t, x0).expand_as(x0)
 
 
-def _standardise(value, x0, t, alphas_cumprod, what: str) -> torch.Tensor:
-    x = as_tensor(value, what)
-    if tuple(x.shape) != tuple(x0.shape):
-        raise Mismatch(f"{what} has shape {tuple(x.shape)}; expected {tuple(x0.shape)}")
-    x, x0 = x.to("cpu", torch.float64), x0.to("cpu", torch.float64)
-    ac = alphas_cumprod.to("cpu", torch.float64)
-    mean = extract(ac.sqrt(), t.cpu(), x0) * x0
-    std = extract((1 - ac).sqrt(), t.cpu(), x0)
-    return (x - mean) / std
-
-
-def q_sample_law(ctx: Context, alpha: float) -> StatReport:
+def q_sample_draw(ctx: Context) -> LawDraw:
     """q_sample with noise=None, called twice on 128 × 512 = 65,536 scalars, each value standardised."""
     x0, t, betas = _law_data(ctx, "q_sample law", 128, 512, 1000, "linear")
     ac = ref.compute_alphas_cumprod(betas)
     inputs = Inputs({"x0": x0.to(ctx.device), "t": t.to(ctx.device), "alphas_cumprod": ac.to(ctx.device)},
                     notes={"x0": "float32 (128, 512), N(0, 4) entries", "t": "0, 1, 999, then uniform",
                            "alphas_cumprod": "linear schedule, T = 1000 (float64)"})
-    first, second = ctx.call("q_sample", [inputs, inputs], tag="law")
-    r1 = _standardise(value_of(first), x0, t, ac, "q_sample's result")
-    r2 = _standardise(value_of(second), x0, t, ac, "q_sample's second result")
-    return StatReport(_residual_tests(r1, r2, alpha), r1, inputs)
+    law = _marginal(x0, t, ac)
+    return LawDraw([Sample(inputs, law, what="q_sample's result"), Sample(inputs, law, what="q_sample's second result")])
 
 
 def iterate_q_step(ns, x0, t, betas):
@@ -226,18 +208,16 @@ def iterate_q_step(ns, x0, t, betas):
     return x
 
 
-def q_step_chain_law(ctx: Context, alpha: float) -> StatReport:
+def q_step_chain_draw(ctx: Context) -> LawDraw:
     """q_step iterated t + 1 times (cosine schedule, T = 20, β capped at the end) vs q(x_t | x_0)."""
     x0, t, betas = _law_data(ctx, "q_step chain law", 128, 512, 20, "cosine")
-    ac = ref.compute_alphas_cumprod(betas)
+    law = _marginal(x0, t, ref.compute_alphas_cumprod(betas))
     inputs = Inputs({"x0": x0.to(ctx.device), "t": t.to(ctx.device), "betas": betas.to(ctx.device)},
                     notes={"x0": "float32 (128, 512), N(0, 4) entries", "t": "0, 1, 19, then uniform",
                            "betas": "cosine schedule, T = 20 (float64)"})
-    first, second = ctx.call("q_step", [inputs, inputs], probe=iterate_q_step, tag="chain")
-    r1 = _standardise(value_of(first), x0, t, ac, "x_t after iterating q_step")
-    r2 = _standardise(value_of(second), x0, t, ac, "x_t after iterating q_step again")
-    return StatReport(_residual_tests(r1, r2, alpha), r1, inputs,
-                      note="x_t is q_step applied at steps 0, 1, …, t starting from x₀; its law must be q(x_t | x₀).")
+    return LawDraw([Sample(inputs, law, what="x_t after iterating q_step"),
+                    Sample(inputs, law, what="x_t after iterating q_step again")],
+                   note="x_t is q_step applied at steps 0, 1, …, t starting from x₀; its law must be q(x_t | x₀).")
 
 
 # -- the exercise ------------------------------------------------------------------------------
@@ -291,18 +271,19 @@ EXERCISE = Exercise(
                                  "timesteps are zero-based and ᾱ_t includes step t"),
                        Diagnosis(_q_sample_no_sqrt, "ᾱ_t and 1 − ᾱ_t are variances: the coefficients are their square roots")),
         ),
-        Statistical(
+        Law(
             function="q_sample", name="with noise=None, the output follows N(√ᾱ_t·x₀, (1 − ᾱ_t)·I)",
-            procedure=q_sample_law, alpha=LAW_ALPHA, derivation=LAW_DERIVATION, points=2,
+            draw=q_sample_draw, battery=LAW_BATTERY, tag="law", alpha=LAW_ALPHA, derivation=LAW_DERIVATION, points=2,
         ),
         Agreement(
             function="q_step", cases=diffusion_cases(), build=build_q_step, reference=ref.q_step, tolerance=SCHEDULE_TOLERANCE,
             dtype_from="x_prev", device_from="x_prev", points=2, dtype_points=1, examples=boundary_cases(),
             diagnoses=(Diagnosis(_q_step_no_sqrt, "1 − β_t and β_t are variances: scale by their square roots"),),
         ),
-        Statistical(
-            function="q_step", name="q_step iterated over steps 0…t follows q(x_t | x₀)",
-            procedure=q_step_chain_law, alpha=LAW_ALPHA, derivation=LAW_DERIVATION, points=2,
+        Law(
+            function="q_step", name="q_step iterated over steps 0…t follows q(x_t | x₀)", probe=iterate_q_step,
+            draw=q_step_chain_draw, battery=LAW_BATTERY, tag="chain", alpha=LAW_ALPHA, derivation=LAW_DERIVATION,
+            points=2,
         ),
         Agreement(
             function="q_posterior", cases=diffusion_cases(min_T=2), build=build_q_posterior,
