@@ -114,6 +114,25 @@ def honest(tmp_path_factory):
     return result
 
 
+@linux
+@pytest.mark.slow
+def test_an_honest_notebook_with_check_cells_runs_cleanly_inside_the_walls(tmp_path):
+    """Does the authored solution — plots, sanity cells and check(fn) cells — get full marks inside the walls,
+    each check() cell saying in one line that `grade submit` is doing the checking, and none failing?"""
+    folder = tmp_path / "q_sampler"
+    shutil.copytree(ROOT / "solutions" / "q_sampler", folder)
+    result, notebook, _ = _grade(folder)
+    _walls_in_force(result)
+    assert result.full_marks and result.tests[0].passed, result.tests[0].output
+    calls = [c for c in notebook.cells if c.cell_type == "code" and "check(" in c.source and "import" not in c.source]
+    assert calls
+    for cell in calls:
+        assert not [o for o in cell.outputs if o.get("output_type") == "error"]
+        text = "".join(o.get("text", "") for o in cell.outputs)
+        assert "`grade submit` is doing the checking" in text and len(text.strip().splitlines()) == \
+            cell.source.count("check("), text
+
+
 # ---------------------------------------------------------------------------------------- reading answers
 
 @linux
