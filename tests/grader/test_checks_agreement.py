@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from hypothesis import strategies as st
 
@@ -124,3 +125,17 @@ def test_output_aspect_judges_shape_dtype_device_and_finiteness_gated_by_values(
     assert "has dtype torch.float32; expected torch.float64" in grade(check, lambda x: x.float())[1].output
     assert "contains NaN" in grade(check, lambda x: torch.full_like(x, math.nan, dtype=torch.float64))[1].output
     assert "has shape" in grade(check, lambda x: torch.zeros(7, dtype=torch.float64))[1].output
+
+
+@pytest.mark.slow
+def test_in_an_exercise_zeros_earn_nothing_and_a_meta_result_is_a_clear_failure():
+    """q_sample returning torch.zeros_like(x0), or a tensor on the meta device: every test of q_sample fails, none
+    with "the grader failed" (issue 9; before the fix the first earned the dtype point, the second was a grader error)."""
+    from tests.catalogue import q_sampler as catalogue
+    from tests.helpers import grade_namespace
+
+    for wrong in (lambda x0, t, alphas_cumprod, noise=None: torch.zeros_like(x0),
+                  lambda x0, t, alphas_cumprod, noise=None: torch.empty_like(x0, device="meta")):
+        graded = grade_namespace("q_sampler", {**catalogue.CORRECT, "q_sample": wrong}, 0, functions={"q_sample"})
+        assert graded and not any(g.passed for g in graded), [(g.name, g.passed) for g in graded]
+        assert not any("grader failed" in g.output for g in graded)
