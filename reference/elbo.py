@@ -53,6 +53,9 @@ __all__ = [
     "tanh_normal_cdf",
     "discretized_gaussian_log_likelihood_with",
     "vlb_term_bpd_with",
+    "vlb_term_parts",
+    "LEVELS",
+    "to_levels",
     "ElboLaw",
     "chernoff_deviation",
     "normal_p_value",
@@ -65,6 +68,13 @@ EDGE = 0.999
 """x < −EDGE is the lowest bin, x > EDGE the highest (improved-diffusion's thresholds)."""
 PROB_FLOOR = 1e-12
 """Bin probabilities are clamped here before the log, as in improved-diffusion."""
+LEVELS = -1 + 2 * torch.arange(256, dtype=torch.float64) / 255
+"""The 256 levels of 8-bit data scaled to [−1, 1], −1 + 2k/255 (float64, CPU)."""
+
+
+def to_levels(x: torch.Tensor) -> torch.Tensor:
+    """Each value of ``x`` rounded to the nearest of the 256 :data:`LEVELS` (clamped to [−1, 1]), float64 on x's device."""
+    return LEVELS.to(x.device)[((x.clamp(-1, 1) + 1) * 127.5).round().long()]
 
 
 def _mean_flat(x: torch.Tensor) -> torch.Tensor:
@@ -193,16 +203,24 @@ def vlb_term_bpd(
     Returns:
         ``(B,)`` bits/dim, in ``model_mean``'s dtype and device.
     """
-    return _vlb_term_bpd(model_mean, model_log_variance, x0, xt, t, betas, discretized_gaussian_log_likelihood)
+    return _vlb_term_bpd(model_mean, model_log_variance, x0, xt, t, betas, "erf")
 
 
-def _vlb_term_bpd(model_mean, model_log_variance, x0, xt, t, betas, log_likelihood: Callable) -> torch.Tensor:
-    """:func:`vlb_term_bpd` with the decoder's ``log_likelihood(x, mean, log_scale)``."""
+def vlb_term_parts(model_mean, model_log_variance, x0, xt, t, betas, cdf: str = "erf") -> tuple[torch.Tensor, torch.Tensor]:
+    """Both candidates of :func:`vlb_term_bpd` on every row: (the KL to the posterior, the decoder NLL), bits/dim.
+
+    :func:`vlb_term_bpd` takes the decoder NLL where t = 0 and the KL elsewhere; ``cdf`` names the decoder's
+    normal CDF (:data:`NORMAL_CDFS`). Each ``(B,)``, in ``model_mean``'s dtype and device.
+    """
     true_mean, _, true_log_variance = q_posterior(x0, xt, t, betas)
     kl = normal_kl(true_mean, true_log_variance, model_mean, model_log_variance)
-    decoder_nll = -log_likelihood(x0, model_mean, 0.5 * model_log_variance)
-    kl_bpd = _mean_flat(kl.expand_as(model_mean)) / LN2
-    decoder_bpd = _mean_flat(decoder_nll.expand_as(model_mean)) / LN2
+    decoder_nll = -discretized_gaussian_log_likelihood_with(cdf)(x0, model_mean, 0.5 * model_log_variance)
+    return _mean_flat(kl.expand_as(model_mean)) / LN2, _mean_flat(decoder_nll.expand_as(model_mean)) / LN2
+
+
+def _vlb_term_bpd(model_mean, model_log_variance, x0, xt, t, betas, cdf: str) -> torch.Tensor:
+    """:func:`vlb_term_bpd` with the decoder's normal CDF named ``cdf``."""
+    kl_bpd, decoder_bpd = vlb_term_parts(model_mean, model_log_variance, x0, xt, t, betas, cdf)
     is_decoder = torch.as_tensor(t, device=kl_bpd.device) == 0
     return torch.where(is_decoder, decoder_bpd, kl_bpd)
 
@@ -404,10 +422,10 @@ def discretized_gaussian_log_likelihood_with(cdf: str) -> Callable:
 
 def vlb_term_bpd_with(cdf: str) -> Callable:
     """:func:`vlb_term_bpd` whose decoder uses the normal CDF named ``cdf`` (one of :data:`NORMAL_CDFS`)."""
-    log_likelihood = discretized_gaussian_log_likelihood_with(cdf)
+    discretized_gaussian_log_likelihood_with(cdf)  # an unknown name fails here
 
     def vlb_term_bpd(model_mean, model_log_variance, x0, xt, t, betas):
-        return _vlb_term_bpd(model_mean, model_log_variance, x0, xt, t, betas, log_likelihood)
+        return _vlb_term_bpd(model_mean, model_log_variance, x0, xt, t, betas, cdf)
 
     return vlb_term_bpd
 

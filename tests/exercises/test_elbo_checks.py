@@ -46,8 +46,7 @@ def _law(seed: int, cdf: str = "erf", bound: bool = False) -> tuple[ref.ElboLaw,
     """The exact law (reference.elbo.ElboLaw, tested in tests/reference/test_elbo.py) behind a law check's seed."""
     betas = ex.BOUND_BETAS if bound else ex.LAW_BETAS
     dims, rows = (ex.BOUND_DIMS, 1) if bound else (ex.LAW_DIMS, ex.LAW_ROWS)
-    mean, var, x0, _ = ex._law_setup(_ctx(seed=seed), "elbo bound law" if bound else "elbo mean law", betas, dims,
-                                     rows, point_mass=bound)
+    mean, var, x0 = ex.law_data(_ctx(seed=seed), "elbo bound law" if bound else "elbo mean law", dims, rows, bound)
     return ref.ElboLaw(mean, var, x0, betas, cdf), x0, GaussianData(mean, var)
 
 
@@ -113,14 +112,14 @@ def test_tanh_probabilities_use_at_most_95_percent_of_the_tolerance():
 @pytest.mark.parametrize("impl", [ref.discretized_gaussian_log_likelihood, catalogue.dgll_tanh,
                                   catalogue.dgll_distributions], ids=["reference", "tanh", "distributions"])
 def test_float32_bin_sums_stay_within_a_quarter_of_their_slack(impl):
-    """Do correct float32 likelihoods sum to 1 over the 256 levels within SUM_SLACK / 4 on every grid case?"""
+    """Do correct float32 likelihoods sum to 1 over the 256 levels within a quarter of SUM_TOLERANCE on every grid case?"""
     ctx = _ctx()
     worst = 0.0
     for case in draw_cases(ex.grid_cases(), 100, 5, ex.GRID_EXAMPLES):
         inputs = ex.build_grid({**case, "dtype": "float32"}, ctx)
         log_p = impl(*inputs.args.values()).double()
         worst = max(worst, float((log_p.exp().sum(1) - 1).abs().max()))
-    assert worst <= ex.SUM_SLACK[torch.float32] / 4, worst
+    assert worst <= ex.SUM_TOLERANCE.atol32 / 4, worst
 
 
 def _worst_float32_ratio(strategy, examples, build, impl, reference, tolerance) -> float:
@@ -173,12 +172,9 @@ def test_switch_cases_always_separate_the_two_candidates():
     """On every drawn switch case, do the KL and the decoder NLL differ by more than the tolerance on every row?"""
     ctx = _ctx()
     for case in draw_cases(ex.switch_cases(), 200, 17, ex.SWITCH_EXAMPLES):
-        a = ex.build_vlb(case, ctx).in_float64().arguments()
-        true_mean, _, true_log_variance = q_posterior(a["x0"], a["xt"], a["t"], a["betas"])
-        kl = ex._mean_flat(ref.normal_kl(true_mean, true_log_variance, a["model_mean"], a["model_log_variance"])
-                           .expand_as(a["x0"])) / ex.LN2
-        for cdf in ex.DECODERS:
-            decoder = ex._mean_flat(-ex.DECODERS[cdf](a["x0"], a["model_mean"], 0.5 * a["model_log_variance"])) / ex.LN2
+        inputs = ex.build_vlb(case, ctx)
+        for cdf in ref.NORMAL_CDFS:
+            kl, decoder = inputs.call_reference(lambda *a: ref.vlb_term_parts(*a, cdf=cdf))
             rtol, atol = ex.VLB_TOLERANCE.for_dtype(torch.float32)
             assert ((kl - decoder).abs() > 2 * (atol + rtol * decoder.abs())).all(), (case, kl, decoder)
 

@@ -44,6 +44,9 @@ from reference.elbo import (
     tanh_normal_cdf,
     vlb_term_bpd,
     vlb_term_bpd_with,
+    vlb_term_parts,
+    LEVELS,
+    to_levels,
 )
 from reference.parametrization import predict_x0_from_eps
 from reference.q_sampler import (
@@ -499,6 +502,18 @@ def test_vlb_term_with_the_erf_cdf_is_vlb_term_bpd():
     assert torch.equal(vlb_term_bpd_with("erf")(*args), vlb_term_bpd(*args))
     erf, tanh = vlb_term_bpd(*args), vlb_term_bpd_with("tanh")(*args)
     assert torch.equal(erf[t > 0], tanh[t > 0]) and not torch.equal(erf[t == 0], tanh[t == 0])
+    # Its two parts: the KL on every row, the decoder NLL on every row; vlb_term_bpd picks by t.
+    for cdf, whole in (("erf", erf), ("tanh", tanh)):
+        kl, decoder = vlb_term_parts(*args, cdf=cdf)
+        assert torch.equal(torch.where(t == 0, decoder, kl), whole)
+        assert not torch.equal(kl, decoder) and (kl > 0).all() and (decoder > 0).all()
+
+
+def test_to_levels_rounds_to_the_nearest_of_the_256_levels():
+    """Does to_levels keep every level, round halfway between two down or up to a level, and clamp to [−1, 1]?"""
+    assert torch.equal(to_levels(LEVELS), LEVELS) and torch.equal(LEVELS, GRID)
+    x = torch.tensor([-3.0, -1.0 + 0.4 * 2 / 255, g(100) + 0.6 * 2 / 255, 0.9999, 7.0], dtype=torch.float64)
+    assert torch.equal(to_levels(x), torch.tensor([-1.0, -1.0, g(101), 1.0, 1.0], dtype=torch.float64))
 
 
 #: Two data sets like the grader's law checks: broad Gaussian coordinates whose rows reach both edge
