@@ -108,9 +108,10 @@ TIMESTEP_DIAGNOSES = (
     Diagnosis(_only("leading", lambda T, n: torch.arange(0, T, max(T // n, 1)).flip(0)),
               "arange(0, T, T // num_steps) has more than num_steps entries when num_steps does not divide T; "
               "take arange(num_steps) · (T // num_steps)"),
-    Diagnosis(_only("trailing", lambda T, n: ref.ddim_timesteps(T, n, "trailing") + 1),
-              "your trailing timesteps are one too large: round(arange(T, 0, −T/num_steps)) − 1, the −1 makes T − 1 "
-              "the first"),
+    *(Diagnosis(_only("trailing", wrong), "your trailing timesteps are one too large: round(arange(T, 0, "
+                "−T/num_steps)) − 1, the −1 makes T − 1 the first")
+      for wrong in (lambda T, n: ref.ddim_timesteps(T, n, "trailing") + 1,
+                    lambda T, n: torch.from_numpy(np.round(np.arange(T, 0, -T / n)).astype(np.int64)))),
     Diagnosis(_only("linspace", lambda T, n: torch.from_numpy(np.linspace(0, T, n).round()[::-1].astype(np.int64))),
               "linspace runs from 0 to T − 1, the last valid timestep, not to T"),
     Diagnosis(_only("trailing", lambda T, n: torch.from_numpy(np.round(np.arange(T, 0, -T / n)).astype(np.int64) - 1)),
