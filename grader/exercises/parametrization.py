@@ -35,10 +35,11 @@ from grader.checks import (
     Property,
     Tolerance,
     as_tensor,
+    compare,
     compare_values,
+    describe_value,
     dtype_device_aspect,
 )
-from grader.checks.base import describe_value, format_tensor
 from grader.exercises import Exercise
 from grader.exercises._common import (
     SCHEDULE_TOLERANCE,
@@ -125,45 +126,18 @@ ROUTE_ROUNDOFF = 4.0
 
 def compare_to_terms(got, expected: torch.Tensor, terms: torch.Tensor, dtype: torch.dtype,
                      what: str = "the result", route: torch.Tensor | None = None) -> None:
-    """Raise :class:`Mismatch` unless ``got`` has ``expected``'s shape and |got − expected| ≤ atol + rtol·terms.
+    """The library's comparator with the size of the formula's terms as the scale: |got − expected| ≤ atol + rtol·terms.
 
     With ``route`` (the size of a sound route's terms, :data:`ROUTES`), ROUTE_ROUNDOFF units of the dtype's
     round-off of it are allowed as well. The tolerance is float64's only when both the data (``dtype``) and
     the result are float64: a result in the wrong dtype loses its dtype test, not its value test as well.
     """
     got = as_tensor(got, what)
-    if not got.is_floating_point():
-        raise Mismatch(f"{what} has dtype {got.dtype}; a floating-point tensor was expected")
-    if tuple(got.shape) != tuple(expected.shape):
-        raise Mismatch(f"{what} has shape {tuple(got.shape)}; expected {tuple(expected.shape)}",
-                       got=f"shape {tuple(got.shape)}", expected=f"shape {tuple(expected.shape)}")
-    both64 = got.dtype == torch.float64 and dtype == torch.float64
-    rtol, atol = TERMS_TOLERANCE.for_dtype(torch.float64 if both64 else torch.float32)
-    g = got.detach().to("cpu", torch.float64)
-    e = expected.detach().to("cpu", torch.float64)
     if route is not None:  # the allowance as terms: rtol·terms' = rtol·terms + ROUTE_ROUNDOFF·u·route
-        unit = torch.finfo(torch.float64 if both64 else torch.float32).eps
-        terms = terms + (ROUTE_ROUNDOFF * unit / rtol) * route
-    allowed = atol + rtol * terms.expand_as(e)
-    excess = torch.nan_to_num((g - e).abs() - allowed, nan=float("inf"))
-    bad = excess > 0
-    if not bool(bad.any()):
-        return
-    flat = int(excess.flatten().argmax())
-    index = [int(i) for i in torch.unravel_index(torch.tensor(flat), e.shape)] if e.ndim else []
-    routed = ", a sound route's round-off included" if route is not None else ""
-    raise Mismatch(
-        f"{what} differs from the expected values: {int(bad.sum())} of {e.numel()} entries are off; the worst is "
-        f"at index {index}: got {g.flatten()[flat].item():.8g}, expected {e.flatten()[flat].item():.8g} (allowed "
-        f"|got − expected| ≤ {atol:g} + {rtol:g}·(size of the formula's terms there{routed}, "
-        f"{terms.expand_as(e).flatten()[flat].item():.3g}))",
-        got=_show(g), expected=_show(e))
-
-
-def _show(t: torch.Tensor, limit: int = 64) -> str:
-    if t.numel() <= limit:
-        return format_tensor(t)
-    return f"{format_tensor(t.flatten()[:limit])[:-1]}, …] (first {limit} of {t.numel()} entries, flattened)"
+        precision = torch.float64 if got.dtype == torch.float64 and dtype == torch.float64 else torch.float32
+        terms = terms + (ROUTE_ROUNDOFF * torch.finfo(precision).eps / TERMS_TOLERANCE.for_dtype(precision)[0]) * route
+    compare(got, expected, TERMS_TOLERANCE, what, scale=terms, dtype=dtype,
+            scale_what="the size of the formula's terms" + (", a sound route's round-off included" if route is not None else ""))
 
 
 def data_dtype(inputs: Inputs) -> torch.dtype:
@@ -190,7 +164,7 @@ def conversion(function: str, build: Callable, dtype_from: str, diagnoses: tuple
     return Property(
         function=function, cases=diffusion_cases(), build=build, examples=BOUNDARIES, diagnoses=diagnoses,
         aspects=(Aspect("matches the reference", 2, judge_conversion(function)),
-                 dtype_device_aspect(dtype_from, dtype_from)),
+                 dtype_device_aspect(dtype_from, dtype_from, gated_by=("matches the reference",))),
     )
 
 
@@ -576,7 +550,7 @@ EXERCISE = Exercise(
         Property(
             function="training_target", cases=weight_cases(), build=build_target, examples=WEIGHT_EXAMPLES,
             aspects=(Aspect("matches the reference", 2, judge_target),
-                     dtype_device_aspect("x0", "x0")),
+                     dtype_device_aspect("x0", "x0", gated_by=("matches the reference",))),
         ),
         Property(
             function="training_target", cases=unknown_cases(), build=build_target, probe=raises_on,
