@@ -2,7 +2,9 @@
 
 Modules loaded in the student's kernel (before any student code, so that the
 audit hook cannot be bypassed by import order): :mod:`.guard`, :mod:`.wire`,
-:mod:`.models`, :mod:`.worker`. They import nothing from the rest of the grader.
-The grader-side modules :mod:`.kernel` and :mod:`.procs` start, talk to and stop
-that process.
+:mod:`.models`, :mod:`.worker`, and the walls :mod:`.namespace` and :mod:`.landlock`
+(stdlib only). They import nothing from the rest of the grader, whose files the
+walls then leave out of the kernel's reach. The grader-side modules :mod:`.kernel`,
+:mod:`.procs`, :mod:`.isolation` and :mod:`.watchdog` start, confine, watch, talk to
+and stop that process.
 """

@@ -1,15 +1,19 @@
-"""The audit hook installed in the student's kernel before any student code runs.
+"""The audit hook installed in the student's kernel before any student code runs: advice, not a wall.
 
-PEP 578 audit hooks cannot be removed once added, so student code cannot lift
-this policy from Python (it can from C, e.g. through ``ctypes``: see the threat
-model in README.md — this is a fence for honest mistakes and casual cheating,
-not a container). The policy:
+PEP 578 audit hooks cannot be removed once added, but the policy they consult
+is an ordinary object in the student's own interpreter (reachable through
+``gc``), and C code (``ctypes``) raises no audit events at all. So this hook is
+kept for its messages — it tells an honest student, by name, which call is not
+allowed while grading — and the walls are the operating system's: Landlock,
+a PID namespace and the memory watchdog (:mod:`grader.sandbox.launch`,
+README "Isolation and threat model"). Where those are unavailable, it is the
+only fence, and the grader says so. The policy:
 
 * imports of the reference, the solutions and the grader's internals are refused;
 * files under the forbidden folders (the reference, the solutions, the grader's
-  code, the feedback folder, the student's original folder) can be neither read
+  checks, the feedback folder, the student's original folder) can be neither read
   nor written; other writes are allowed only under the working directory and
-  the system's temporary folder;
+  the kernel's own temporary folder;
 * starting processes, and signalling any process but itself, is refused.
 
 Each refusal raises :class:`PermissionError` (an ``OSError``, which libraries
