@@ -278,6 +278,11 @@ def test_watchdog_counts_shared_memory_once_and_kills_the_tree():
         total = watchdog.tree_pss(watchdog.namespace_members(init))
         # 192 MiB shared by three processes: PSS counts it once in all (plus ~10-30 MiB of Python each).
         assert 192 * 1024**2 <= total < 2 * 192 * 1024**2, total / 1024**2
+        members = watchdog.namespace_members(init)
+        rss = sum(watchdog.rss_bytes(pid) for pid in members)
+        assert rss >= total  # the cheap bound the watchdog reads first: RSS counts each shared page per process
+        assert watchdog.tree_memory(members, rss + 1) == rss and watchdog.tree_memory(members, 1) == \
+            pytest.approx(total, rel=0.05)
         dog = watchdog.MemoryWatchdog(128 * 1024**2, lambda: watchdog.namespace_members(init),
                                       lambda: procs.kill_namespace(init)).start()
         assert shim.wait(timeout=30) == -signal.SIGKILL
