@@ -19,6 +19,7 @@ import binascii
 import json
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -324,8 +325,8 @@ class SandboxKernel:
         if pid is not None:
             self.walls.kill()  # the namespace's PID 1: Linux kills everything in it; the shim then exits
             process = self.km.provisioner.process
-            try:
-                process.wait(timeout=5)
+            try:  # the shim exits once every process of the namespace is gone
+                process.wait(timeout=isolation.TEARDOWN_GRACE if self.walls.init else 5)
             except Exception:  # noqa: BLE001
                 pass
             procs.kill_tree(pid, session=pid)  # without a namespace; with one, nothing is left to find
@@ -441,18 +442,21 @@ class SandboxKernel:
         except DeadKernelError:
             return False
 
-    async def _aexecute_source(self, source: str, timeout: float, on_iopub=None) -> dict | None:
+    async def _aexecute_source(self, source: str, timeout: float, sink: "_Outcomes | None" = None) -> dict | None:
         """Run code silently; the shell reply, or None when none came within ``timeout``.
 
         IOPub is read all along (a flood cannot pile up) and each of its messages that answers
-        this request goes to ``on_iopub``. After the reply the grader waits for the kernel's
-        "idle" on IOPub (everything the request published has then arrived) for at most
-        :data:`DRAIN_GRACE` seconds, and never past ``timeout``: output that never stops holds
-        nothing up. A kernel that dies leaves what it published before dying to ``on_iopub`` too.
+        this request goes to ``sink.take``, and the reply to ``sink.take_reply``. After the reply
+        the grader waits until ``sink`` has every outcome or the kernel's "idle" came on IOPub
+        (everything the request published has then arrived), for at most :data:`DRAIN_GRACE`
+        seconds and never past ``timeout``: output that never stops holds nothing up. A kernel
+        that dies leaves what it published before dying to ``sink`` too.
         """
         assert self.client is not None and self.client.kc is not None
         kc = self.client.kc
-        msg_id = kc.execute(source, silent=True, store_history=False, stop_on_error=False)
+        on_iopub = sink.take if sink is not None else None
+        msg_id = kc.execute(source, silent=True, store_history=False, stop_on_error=False,
+                            user_expressions=sink.expressions if sink is not None else None)
         deadline = time.monotonic() + timeout
         shell, iopub = kc.shell_channel.socket, kc.iopub_channel.socket
         poller = zmq.asyncio.Poller()
@@ -463,8 +467,8 @@ class SandboxKernel:
         checked = time.monotonic()
         while True:
             now = time.monotonic()
-            if now >= deadline or (reply is not None and idle):
-                self.drained = idle
+            if now >= deadline or (reply is not None and (idle or (sink is not None and sink.complete()))):
+                self.drained = idle or (sink is not None and sink.complete())
                 return reply
             ready = dict(await poller.poll(timeout=max(1, int(1000 * min(0.5, deadline - now)))))
             if iopub in ready:
@@ -474,6 +478,8 @@ class SandboxKernel:
                 if msg["parent_header"].get("msg_id") == msg_id:
                     reply = msg
                     deadline = min(deadline, time.monotonic() + DRAIN_GRACE)
+                    if sink is not None:
+                        sink.take_reply(msg)
             if reply is None and time.monotonic() - checked >= 0.5:
                 checked = time.monotonic()
                 if not await kc.is_alive():
@@ -525,7 +531,7 @@ class SandboxKernel:
         budget = min(self.limits.batch_timeout, max(1.0, deadline - time.monotonic()))
         failure: dict | None = None
         try:
-            reply = run_sync(self._aexecute_source)(code, budget, outcomes.take)
+            reply = run_sync(self._aexecute_source)(code, budget, outcomes)
             if reply is None:
                 failure = {"status": "timeout", "message": f"timed out after {budget:.0f} s"}
                 self._interrupt_or_restart()
@@ -560,6 +566,9 @@ class SandboxKernel:
             self.restart()
 
 
+_REPLY = re.compile(r"'[0-9A-Za-z+/=:;]*'")
+
+
 class _Outcomes:
     """The outcomes of one batch as they arrive on IOPub: checked, cleaned and capped on this side.
 
@@ -574,6 +583,25 @@ class _Outcomes:
         self.n = n
         self.got: dict[int, dict] = {}
         self.used = 0
+        #: The execute_request's user_expressions: the outcomes again, in the reply (worker.reply).
+        self.expressions = {"outcomes": f"__import__('grader.sandbox.worker', fromlist=['reply']).reply({token!r})"}
+
+    def complete(self) -> bool:
+        return len(self.got) == self.n
+
+    def take_reply(self, msg: dict) -> None:
+        """The outcomes the execute_reply carries again: ``'index:base64;...'`` as a string's repr."""
+        content = msg.get("content")
+        found = content.get("user_expressions") if isinstance(content, dict) else None
+        found = found.get("outcomes") if isinstance(found, dict) else None
+        data = found.get("data") if isinstance(found, dict) else None
+        text = data.get("text/plain") if isinstance(data, dict) else None
+        if not isinstance(text, str) or not _REPLY.fullmatch(text):
+            return
+        for item in filter(None, text[1:-1].split(";")):
+            index, _, payload = item.partition(":")
+            if index.isdigit() and int(index) < self.n and int(index) not in self.got:
+                self.got[int(index)] = self._read(payload)
 
     def take(self, msg: dict) -> None:
         if msg.get("msg_type") != "display_data":

@@ -9,8 +9,11 @@ nothing of the submission is left running; the feedback is the grader's own.
 
 from __future__ import annotations
 
+import csv
 import json
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -170,17 +173,30 @@ def test_memory_exhaustion(tmp_path, honest):
 
 
 def test_processes_meant_to_outlive_grading(tmp_path, honest):
-    """Are subprocesses refused, and a process forked behind the guard's back (ctypes) killed at the end?"""
+    """Are subprocesses refused, and a process forked behind the guard's back (ctypes) killed at the end?
+
+    The fork and the exec both go through libc, which no audit hook sees, so the
+    process really exists while grading (a later cell finds it in /proc and says
+    so): only the kill at the end can make ``_no_process_left`` pass.
+    """
     marker = f"grader-test-orphan-{os.getpid()}-{time.monotonic_ns()}"
     cells = _definitions() + [
         "import subprocess\nsubprocess.Popen(['sleep', '1000'])",
-        # fork() through libc, escape the session, exec a long sleep with a recognisable argv[0]
-        "import ctypes, os\nlibc = ctypes.CDLL(None)\npid = libc.fork()\n"
-        f"if pid == 0:\n    libc.setsid()\n    os.execv('/bin/sleep', ['{marker}', '1000'])\n",
+        # fork() through libc, escape the session, exec (libc's execv) a long sleep with a recognisable argv[0]
+        "import ctypes, os\nlibc = ctypes.CDLL(None)\npid = ctypes.PyDLL(None).fork()  # GIL held: the child owns it\n"
+        "if pid == 0:\n    libc.setsid()\n"
+        f"    argv = (ctypes.c_char_p * 3)(b'{marker}', b'1000', None)\n"
+        "    libc.execv(b'/bin/sleep', argv)\n    libc._exit(1)\n",
+        "import os, time\ntime.sleep(1)\nfor p in filter(str.isdigit, os.listdir('/proc')):\n    try:\n"
+        f"        if b'{marker}' in open(f'/proc/{{p}}/cmdline', 'rb').read():\n"
+        "            print('the orphan is alive while grading')\n    except OSError:\n        pass\n",
     ]
-    result, _ = _grade(_notebook(tmp_path, cells))
+    folder = _notebook(tmp_path, cells)
+    result, _ = _grade(folder)
     assert "may not start a process" in result.tests[0].output
     assert result.score == honest.score
+    executed = (folder / "feedback" / "q_sampler.executed.ipynb").read_text()
+    assert "the orphan is alive while grading" in executed
     _no_process_left(marker)
 
 
@@ -305,3 +321,171 @@ def test_the_whole_submission_budget_bounds_grading(tmp_path):
     assert time.monotonic() - started < 60
     assert "time budget was spent" in result.tests[0].output
     assert any("time budget was spent" in t.output for t in result.tests if t.max_score)
+
+
+# -- The grader trusts nothing the kernel can write, name or race (see also test_channel.py) --------------
+
+#: Escape sequences (erase the screen, colours, a window title, a hyperlink), a carriage return, a
+#: backspace, a C1 CSI, a bidi override and a lone surrogate: what a submission may put in an error.
+HOSTILE = "\x1b[2J\x1b[31mFULL MARKS\x1b[0m\x1b]0;pwned\x07\x1b]8;;http://evil\x1b\\link\x1b]8;;\x1b\\\r\x08\x9b1m\u202e\ud800"
+#: What the grader keeps of one test's feedback (grader.submit.OUTPUT_CHARS), plus its cut note.
+MAX_OUTPUT = 10_000 + 100
+
+
+def _assert_clean(folder: Path, score: float, max_bytes: int = 1_000_000) -> None:
+    """results.json and the report are small, parse, and hold no escape or control character."""
+    feedback = folder / "feedback"
+    raw = (feedback / "results.json").read_bytes()
+    assert len(raw) < max_bytes, len(raw)
+    assert (feedback / "report.html").stat().st_size < 2 * max_bytes
+    text = raw.decode("utf-8")
+    assert "\x1b" not in text and "\\u001b" not in text and "\\ud800" not in text
+    assert json.loads(text)["score"] == score
+
+
+def test_pre_created_batch_folders_change_nothing(tmp_path, honest):
+    """Do folders (and FIFOs) where the old channel's files were change the grade? (They made it 0/24.)"""
+    plant = ("import os\nfor n in range(1, 300):\n    os.makedirs(f'.grader-batch-{n}', exist_ok=True)\n"
+             "    for name in ('request.pt', '0.pt', '1.pt'):\n"
+             "        path = f'.grader-batch-{n}/{name}'\n        if not os.path.exists(path):\n"
+             "            os.mkfifo(path)\n")
+    folder = _notebook(tmp_path, _definitions() + [plant])
+    result, seconds = _grade(folder)
+    assert result.score == honest.score, [t.output for t in result.tests if not t.passed]
+    assert result.tests[0].passed
+    _assert_clean(folder, result.score)
+
+
+def test_a_thread_racing_links_and_fifos_into_new_folders_changes_nothing(tmp_path, honest):
+    """Does a thread that plants FIFOs and links to the original notebook in every new folder gain
+    anything, block the grader, or make it write through a link?"""
+    original = tmp_path / "q_sampler" / "q_sampler.ipynb"
+    race = ("import os, threading\n"
+            "def plant():\n    while True:\n        for entry in os.scandir('.'):\n"
+            "            if entry.is_dir() and not entry.name.startswith('.ipython'):\n"
+            "                for name in ['request.pt'] + [f'{i}.pt' for i in range(64)]:\n"
+            "                    path = os.path.join(entry.path, name)\n"
+            "                    try:\n"
+            "                        if name == 'request.pt':\n                            os.mkfifo(path)\n"
+            f"                        else:\n                            os.symlink({str(original)!r}, path)\n"
+            "                    except OSError:\n                        pass\n"
+            "threading.Thread(target=plant, daemon=True).start()\n")
+    folder = _notebook(tmp_path, _definitions() + [race])
+    before = original.read_bytes()
+    result, seconds = _grade(folder)
+    assert original.read_bytes() == before
+    assert result.score == honest.score, [t.output for t in result.tests if not t.passed]
+    assert seconds < 200
+    _assert_clean(folder, result.score)
+
+
+def _submit(folder: Path, *extra: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``grade submit --json`` in a process of its own, as the CLI is used; bytes, not text."""
+    command = [sys.executable, "-m", "grader", "submit", str(folder), "--json", "--timeout", "200",
+               "--cell-timeout", "4", "--call-timeout", "2", "--memory-limit", "2G", *extra]
+    return subprocess.run(command, capture_output=True, timeout=timeout, cwd=ROOT,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def test_what_the_kernel_writes_to_its_stdout_and_stderr_reaches_no_one(tmp_path, honest):
+    """Do a forged summary, invalid UTF-8 and escape sequences written to fds 1 and 2 (and raised in an
+    error) stay out of `--json`, the terminal, results.json and the report?"""
+    forged = json.dumps({"score": 1000, "tests": []})
+    noise = (f"import os\nfor fd in (1, 2):\n    os.write(fd, {forged.encode()!r} + b'\\n')\n"
+             f"    os.write(fd, b'q_sampler: 24 / 24 points\\n\\xff\\xfe\\xc3\\x28 \\x1b[2J\\x1b]0;pwned\\x07\\n')\n")
+    raising = ("def q_step(x_prev, t, betas, noise=None):\n"
+               "    import os\n    os.write(1, b'\\xff{\"score\": 1000}\\n')\n"
+               f"    raise ValueError({HOSTILE!r} * 50)\n")
+    folder = _notebook(tmp_path, _replace(_definitions(), "q_step", raising) + [noise])
+    done = _submit(folder)
+    assert done.returncode == 1, done.stderr[-2000:]
+    results = json.loads(done.stdout.decode("utf-8"))  # the grader's own JSON, whole, and nothing else
+    assert results["score"] == honest.score - sum(t.max_score for t in honest.tests if t.function == "q_step")
+    for stream in (done.stdout, done.stderr):
+        assert b"\x1b" not in stream and b"pwned" not in stream and b'"score": 1000' not in stream
+        assert b"24 / 24 points" not in stream
+        stream.decode("utf-8")
+    q_step = [t for t in results["tests"] if t["extra_data"]["function"] == "q_step" and t["max_score"]]
+    assert q_step and all(t["score"] == 0 and "ValueError" in t["output"] for t in q_step)
+    assert all("\x1b" not in t["output"] and len(t["output"]) <= MAX_OUTPUT for t in results["tests"])
+    _assert_clean(folder, results["score"])
+
+
+def test_a_thread_flooding_iopub_forever_holds_nothing_up(tmp_path, honest):
+    """Does grading end within its budget while a thread prints and publishes without a pause, with no
+    point gained? (The old drain waited for 10 ms of quiet, which never came.) The flood may cost the
+    flooder calls whose results it drowned, and then the message says so."""
+    flood = ("import sys, threading\nfrom IPython.display import display\n"
+             "def flood():\n    while True:\n        print('flood ' * 20)\n        sys.stdout.flush()\n"
+             "        display({'text/plain': 'flood'}, raw=True)\n"
+             "threading.Thread(target=flood, daemon=True).start()\n")
+    folder = _notebook(tmp_path, _definitions() + [flood])
+    started = time.monotonic()
+    done = _submit(folder, timeout=400)
+    seconds = time.monotonic() - started
+    results = json.loads(done.stdout.decode("utf-8"))
+    # Bound: --timeout 200 plus one kernel start and one interrupt grace (README), under load.
+    assert seconds < 300
+    assert results["score"] <= honest.score
+    lost = [t["output"] for t in results["tests"] if t["status"] == "failed"]
+    assert all(any(n in output for n in ("kept the channel busy", "timed out", "not run")) for output in lost), lost
+    _assert_clean(folder, results["score"])
+    assert (folder / "feedback" / "q_sampler.executed.ipynb").stat().st_size < 5 * LIMITS.output_bytes
+
+
+def test_a_patched_worker_cap_makes_no_huge_feedback(tmp_path, honest):
+    """Does lifting the worker's message cap in the kernel (and raising 16 MB messages) leave
+    results.json and the report small? (It made a 16 MB results.json and a 32 MB report.)"""
+    patch = ("import sys\nworker = sys.modules['grader.sandbox.worker']\nworker._MAX_MESSAGE = 10**9\n")
+    huge = ("def q_sample(x0, t, alphas_cumprod, noise=None):\n"
+            "    raise RuntimeError('\\x1b[31m' + 'x' * 16_000_000)\n")
+    folder = _notebook(tmp_path, [patch] + _replace(_definitions(), "q_sample", huge))
+    result, _ = _grade(folder)
+    table = _by_function(result)
+    assert all(not t.passed and "RuntimeError" in t.output for t in table["q_sample"] if t.max_score)
+    assert all(t.passed for f, ts in table.items() if f not in ("q_sample", None) for t in ts)
+    _assert_clean(folder, result.score)
+
+
+def test_meta_sparse_and_complex_results_are_clear_failures(tmp_path, honest):
+    """Are results on the meta device, sparse or complex a failed test that says so, never 'the grader failed'?"""
+    cells = _replace(_definitions(), "q_sample",
+                     "def q_sample(x0, t, alphas_cumprod, noise=None):\n    return torch.empty_like(x0, device='meta')\n")
+    cells = _replace(cells, "q_step",
+                     "def q_step(x_prev, t, betas, noise=None):\n    return x_prev.to(torch.complex128)\n")
+    cells = _replace(cells, "linear_beta_schedule",
+                     "def linear_beta_schedule(T, beta_start=1e-4, beta_end=0.02):\n"
+                     "    return torch.linspace(beta_start, beta_end, T, dtype=torch.float64).to_sparse()\n")
+    folder = _notebook(tmp_path, cells)
+    result, _ = _grade(folder)
+    table = _by_function(result)
+    for function, needle in (("q_sample", "meta device"), ("q_step", "complex"), ("linear_beta_schedule", "sparse")):
+        graded = [t for t in table[function] if t.max_score]
+        assert graded and not any(t.passed for t in graded), function
+        assert not any("please report" in t.output or "grader failed" in t.output for t in graded), \
+            [t.output for t in graded]
+        assert any(needle in t.output for t in graded), (function, [t.output for t in graded])
+    _assert_clean(folder, result.score)
+
+
+def test_grade_batch_writes_every_row_whatever_one_student_prints(tmp_path, honest):
+    """Does a student who writes invalid UTF-8, escapes and a forged summary to the real stdout and
+    stderr leave `grade batch` writing every row? (One invalid byte made it exit 2, no gradebook.)"""
+    class_dir = tmp_path / "class"
+    class_dir.mkdir()
+    noise = ("import os\nfor fd in (1, 2):\n    os.write(fd, b'\\xff\\xfe\\x80 \\x1b[2J\\x1b]0;pwned\\x07\\n')\n"
+             "    os.write(fd, b'mallory,q_sampler,24,24,full marks\\nq_sampler: 24 / 24 points\\n')\n")
+    for student, cells in (("alice", _definitions()), ("mallory", _definitions() + [noise])):
+        (tmp_path / student).mkdir()
+        _notebook(tmp_path / student, cells).rename(class_dir / student)
+    out = tmp_path / "gradebook"
+    command = [sys.executable, "-m", "grader", "batch", str(class_dir), "--out", str(out), "--jobs", "1",
+               "--exercise", "q_sampler", "--timeout", "200", "--cell-timeout", "4", "--call-timeout", "2",
+               "--memory-limit", "2G"]
+    done = subprocess.run(command, capture_output=True, timeout=900, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    for stream in (done.stdout, done.stderr):
+        assert b"\x1b" not in stream and b"pwned" not in stream and b"\xff" not in stream
+    rows = {row["student"]: row for row in csv.DictReader((out / "gradebook.csv").read_text().splitlines())}
+    assert set(rows) == {"alice", "mallory"}
+    assert float(rows["alice"]["score"]) == float(rows["mallory"]["score"]) == honest.score

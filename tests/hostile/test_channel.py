@@ -15,6 +15,7 @@ import io
 import json
 import os
 import threading
+import time
 import zipfile
 from pathlib import Path
 
@@ -143,6 +144,24 @@ def test_only_this_batchs_outcomes_count_and_each_once():
     outcomes.take(_message("secret", 0, ok))
     outcomes.take(_message("secret", 0, forged))  # a second outcome for call 0 changes nothing
     assert outcomes.got[0]["value"] == 1 and 1 not in outcomes.got
+
+
+def _reply(text) -> dict:
+    return {"content": {"status": "ok", "user_expressions": {"outcomes": {"status": "ok", "data": {"text/plain": text}}}}}
+
+
+def test_the_reply_carries_the_outcomes_again_with_the_same_checks():
+    """Are the execute_reply's outcomes (immune to IOPub drops) read with the same checks, malformed ones ignored?"""
+    ok, other = _payload({"status": "ok", "value": 1}), _payload({"status": "ok", "value": 2})
+    outcomes = _Outcomes("t", 3)
+    for text in (None, 12, f"{ok}", f"'0:{ok}'; import os", "'0:\\x1b[31m'", f"\"0:{ok}\""):
+        outcomes.take_reply(_reply(text))
+    outcomes.take_reply({"content": {"user_expressions": "x"}})
+    assert outcomes.got == {}
+    outcomes.take(_message("t", 1, other))  # already in hand from IOPub: the reply does not replace it
+    outcomes.take_reply(_reply(f"'0:{ok};1:{ok};7:{ok};x:{ok};2:AAAA'"))
+    assert outcomes.got[0]["value"] == 1 and outcomes.got[1]["value"] == 2
+    assert outcomes.got[2]["error_type"] == "TransferError" and outcomes.complete()
 
 
 def test_each_outcome_and_each_batch_are_capped_before_decoding():
