@@ -102,8 +102,11 @@ def _stamped_exercise(path: Path) -> str | None:
         return None
 
 
-def find_items(folder: Path, exercise: str | None = None) -> list[Item]:
-    """Every notebook under ``folder``: one per ``<student>.ipynb``, one per notebook in ``<student>/``."""
+def find_items(folder: Path, exercise: str | None = None, skip: Path | None = None) -> list[Item]:
+    """Every notebook under ``folder``: one per ``<student>.ipynb``, one per notebook in ``<student>/``.
+
+    ``skip`` (the batch's output folder, when it lies inside ``folder``) is no student's.
+    """
     from grader.exercises import exercise_names
 
     if not folder.is_dir():
@@ -111,7 +114,7 @@ def find_items(folder: Path, exercise: str | None = None) -> list[Item]:
     known = set(exercise_names())
     items: list[Item] = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
+        if path.name.startswith(".") or skip is not None and path.resolve() == skip:
             continue
         if path.is_file() and path.suffix == ".ipynb":
             items.append(Item(path.stem, path, path.stem, exercise))
@@ -439,8 +442,8 @@ def grade_batch(submissions: Path, out: Path | None, *, jobs: int | None, exerci
                 options: SubmitOptions, scheduler: str | None = None, regrade: bool = False,
                 progress: bool | None = None) -> int:
     """Grade every notebook under ``submissions``; 0 when every one was graded, 1 otherwise (see grader.cli)."""
-    items = find_items(submissions, exercise)
     out = (out or submissions.resolve().parent / "gradebook").resolve()
+    items = find_items(submissions, exercise, skip=out)
     out.mkdir(parents=True, exist_ok=True)
     jobs = max(1, jobs or (os.cpu_count() or 2) // 2)
     rows: dict[str, Row] = {}
