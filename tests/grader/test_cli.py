@@ -116,3 +116,29 @@ def test_list(capsys):
     """Does grade list name every exercise with its functions?"""
     status, out, _ = _run(["list"], capsys)
     assert status == 0 and "q_sampler" in out and "q_posterior" in out
+
+
+def test_batch_exit_2_for_a_batch_that_cannot_run(tmp_path, capsys):
+    """Do a missing folder and a folder without submissions exit 2 with one line?"""
+    status, _, err = _run(["batch", str(tmp_path / "nope")], capsys)
+    _assert_one_line_error(status, err, "not a folder of submissions")
+    status, _, err = _run(["batch", str(tmp_path)], capsys)
+    _assert_one_line_error(status, err, "holds no submissions")
+
+
+def test_release_refuses_a_folder_that_is_not_empty(tmp_path, capsys):
+    """Is an old release never mixed with a new one?"""
+    (tmp_path / "old.txt").write_text("x")
+    root = Path(__file__).resolve().parents[2]
+    status, _, err = _run(["release", "--out", str(tmp_path), "--root", str(root)], capsys)
+    _assert_one_line_error(status, err, "not empty")
+
+
+def test_exit_statuses_are_documented():
+    """Does the CLI's docstring state every exit status of grade submit and grade batch?"""
+    import grader.cli
+
+    doc = grader.cli.__doc__
+    assert "``grade batch``: 0 when every notebook was graded" in doc and "130 when interrupted" in doc
+    for status in ("0 when", "1 when", "2 when"):
+        assert status in doc
