@@ -191,6 +191,7 @@ def test_check_answers_from_the_release_alone(release, tmp_path):
     right, wrong, again = (re.search(rf"^{word} (\w+) ([\d.]+)$", out, re.M) for word in ("RIGHT", "WRONG", "AGAIN"))
     assert right.group(1) == "True" and wrong.group(1) == "False" and again.group(1) == "True"
     assert "Hint: ᾱ_t and 1 − ᾱ_t are variances" in out  # a known mistake named, from recorded values
+    assert "judge with code this release does not carry" not in out  # q_sample's public tests are all values
     seconds = [float(m.group(2)) for m in (right, wrong, again)]
     print(f"\ncheck(q_sample) from the release: first call {seconds[0]:.2f} s (torch imports torch._dynamo the "
           f"first time an op runs on the meta device), then {seconds[1]:.2f} s and {seconds[2]:.2f} s")
