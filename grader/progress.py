@@ -44,8 +44,10 @@ class Progress:
             bar = bool(getattr(self.stream, "isatty", lambda: False)()) and not os.environ.get("CI")
         self._bar = None
         if bar:
-            from tqdm import tqdm
-
+            try:
+                from tqdm import tqdm
+            except ImportError:  # a dependency of the grader; without it, plain lines still say everything
+                return
             self._bar = tqdm(total=total, initial=already, unit="notebook", file=self.stream, dynamic_ncols=True,
                              smoothing=0.1)
 
