@@ -15,8 +15,12 @@ For every exercise with a catalogue in ``tests/catalogue/``:
   a threshold too tight, a law slightly wrong — shows here long before it shows
   as false failures.
 
-This is the same code the test suite runs with fewer seeds
-(``tests/exercises/test_catalogue.py``, ``tests/exercises/test_calibration.py``).
+The test suite runs the same measurements with fewer seeds
+(``tests/exercises/test_catalogue.py``, and this module's own functions in
+``tests/exercises/test_calibration.py``). This script imports no test code: it grades
+in process through the grader's own API (:func:`grade`), and reads the catalogues —
+data, one module per exercise, with ``BUGS``, ``ALTERNATIVES`` and ``CORRECT`` — from
+``tests/catalogue/`` (:data:`CATALOGUE`), where the test suite also finds them.
 
 Usage: python benchmarks/calibrate.py [--seeds 200] [--exercises ddim ...] [--jobs 2]
 Writes benchmarks/results/calibration.md (or --out).
@@ -57,14 +61,34 @@ class Row:
         return len(self.failing_seeds) / self.seeds
 
 
-def catalogues(only: list[str] | None = None) -> dict:
-    import tests.catalogue as package
+#: Where the catalogues are (a package of data modules, imported as ``tests.catalogue.<exercise>``).
+CATALOGUE = ROOT / "tests" / "catalogue"
 
-    found = {}
-    for module in pkgutil.iter_modules(package.__path__):
-        if only is None or module.name in only:
-            found[module.name] = importlib.import_module(f"tests.catalogue.{module.name}")
-    return found
+
+def catalogue(exercise: str):
+    """The catalogue module of ``exercise``."""
+    return importlib.import_module(f"tests.catalogue.{exercise}")
+
+
+def catalogues(only: list[str] | None = None) -> dict:
+    return {m.name: catalogue(m.name) for m in pkgutil.iter_modules([str(CATALOGUE)])
+            if only is None or m.name in only}
+
+
+def grade(exercise: str, namespace: dict, seed: int, functions: set[str] | None = None) -> list:
+    """``(function, test name, verdict)`` for the checks of ``exercise`` (those of ``functions`` when given),
+    graded in this process against the functions of ``namespace`` on the CPU, with grading seed ``seed``."""
+    import torch
+
+    from grader.checks import Context
+    from grader.exercises import load_exercise
+    from grader.runner import InProcessRunner
+    from grader.submit import run_checks
+
+    ex = load_exercise(exercise)
+    checks = tuple(c for c in ex.checks if functions is None or c.function in functions)
+    ctx = Context(InProcessRunner(dict(namespace)), torch.device("cpu"), seed, ex.name)
+    return [(check.function, spec.name, verdict) for check, spec, verdict in run_checks(checks, ctx)]
 
 
 def _measure(job: tuple) -> Row:
@@ -72,11 +96,9 @@ def _measure(job: tuple) -> Row:
     import torch
 
     torch.set_num_threads(1)
-    from tests.helpers import grade_namespace
-
     exercise, kind, name, function, seeds = job[:5]
     first_seed = job[5] if len(job) > 5 else 0
-    module = importlib.import_module(f"tests.catalogue.{exercise}")
+    module = catalogue(exercise)
     if kind == "correct":
         namespace, functions = dict(module.CORRECT), statistical_functions(exercise) if function == "statistical" else None
     else:
@@ -85,13 +107,13 @@ def _measure(job: tuple) -> Row:
     row = Row(exercise, kind, name, function, seeds)
     started = time.perf_counter()
     for seed in range(first_seed, first_seed + seeds):
-        graded = grade_namespace(exercise, namespace, seed, functions)
-        if any(not g.passed for g in graded):
+        graded = grade(exercise, namespace, seed, functions)
+        if any(not verdict.passed for _, _, verdict in graded):
             row.failing_seeds.append(seed)
         if kind != "bug":
-            for g in graded:
-                for statistic in g.details.get("statistics", []):
-                    key = f"{g.name} — {statistic['name']}"
+            for _, test, verdict in graded:
+                for statistic in verdict.details.get("statistics", []):
+                    key = f"{test} — {statistic['name']}"
                     row.p_values.setdefault(key, []).append(statistic["p_value"])
                     row.sample_sizes[key] = statistic["n"]
     row.seconds = time.perf_counter() - started
