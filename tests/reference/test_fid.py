@@ -330,6 +330,20 @@ def test_kid_is_the_unbiased_mmd_over_all_pairs_for_sets_of_different_sizes():
     assert fid.kid(x, y) == pytest.approx(fid.kid(y, x), rel=1e-12)
 
 
+@PROPERTY
+@given(st.integers(0, 2**16), st.integers(2, 12), st.integers(2, 12), st.integers(1, 6), st.integers(1, 6))
+def test_kid_matches_loops_and_is_invariant_to_a_common_rotation(seed, m, n, d, rank):
+    rank = min(rank, d)  # rank-deficient sets too
+    x, y = features_of_rank(seed, m, d, rank, shift=1.0), features_of_rank(seed + 1, n, d, d)
+    # Loops add the same ≤ 144 float64 kernel values (each ≲ 10³ here) in another order: round-off
+    # ≲ 144 · 1e-16 · 10³ ≈ 1e-11; 1e-9 keeps a 100× margin, a biased or degree-2 KID is off by O(1).
+    expected = kid_loops(x, y)
+    assert fid.kid(x, y) == pytest.approx(expected, rel=1e-9, abs=1e-9)
+    q, _ = np.linalg.qr(np.random.default_rng(seed).normal(size=(d, d)))
+    # xᵀy is unchanged by a common orthogonal map: the kernel and KID are too.
+    assert fid.kid(x @ q, y @ q) == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
 def _sphere(rng, n, d, radius):
     u = rng.normal(size=(n, d))
     return radius * u / np.linalg.norm(u, axis=1, keepdims=True)
