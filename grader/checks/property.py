@@ -166,8 +166,8 @@ class Property(Check):
         for i, aspect in enumerate(self.aspects):
             failed = [name for name in aspect.gated_by if not passed.get(name, True)]
             if verdicts[i].passed and failed:
-                verdicts[i] = Verdict(False, f"not awarded while the values are wrong (see “{self.function}: "
-                                             f"{failed[0]}”): this point is for right values in the right form")
+                verdicts[i] = Verdict(False, f"not awarded while “{self.function}: {failed[0]}” fails: the form "
+                                             "of the output earns its point only with right values")
         return verdicts
 
     def _failure(self, aspect: Aspect, inputs: Inputs, outcome: Outcome) -> Mismatch | None:

@@ -48,7 +48,7 @@ def test_zeros_or_nan_in_the_right_dtype_earn_no_dtype_point():
         # device_from=None: no meta-device run, which on the CPU happened to fail these for another reason
         values, form = grade(agreement(device_from=None), wrong)
         assert not values.passed and not form.passed
-        assert "not awarded while the values are wrong" in form.output
+        assert "not awarded while “f: matches the reference” fails" in form.output
 
 
 def test_a_wrong_dtype_still_fails_its_own_test_with_its_own_message():
