@@ -10,7 +10,7 @@ guided DDIM has an exact output law (``reference.laws.cfg_sample_law``). The mod
 call's batch, timesteps and conditions, so a check can prove one batched call on
 [uncond; cond] (k + 1 blocks for ``composed_eps``).
 
-Two tiers (grading.md, "Statistical tests"): every function is compared with the reference on
+Two tiers (README, "How grading works" → "Statistics"): every function is compared with the reference on
 hypothesis-drawn inputs (``cfg_sample`` from a given x_T, where it is deterministic); and
 ``cfg_sample`` from its own x_T is tested against the exact law, one check at level 1e-6: the
 exercise's false-failure probability is at most 1e-6.

@@ -4,7 +4,7 @@ Point budget (31): ddim_timesteps 4, ddim_sigma 3, ddim_step 6 (of which 2 for "
 DDPM"), ddim_sample 11 (η = 0 values 3, dtype 1, model calls 1, the generator 1 + 1, two
 law checks 2 + 2), ddim_invert 7 (values 3, round trip 2, dtype 1, model calls 1).
 
-Two tiers (the course's grading.md, "Statistical tests"). **Deterministic**: ddim_step with its noise
+Two tiers (README, "How grading works" → "Statistics"). **Deterministic**: ddim_step with its noise
 injected, ddim_sample with η = 0 from a given x_T, and ddim_invert are compared with the
 reference on hypothesis-drawn inputs, with the optimal ε-model of Gaussian data
 (``reference.toy``), relative to the *size of the terms* of each update carried through the

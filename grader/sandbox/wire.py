@@ -11,7 +11,7 @@ e.g. ``generator_spec(3)`` becomes ``torch.Generator().manual_seed(3)``.
 Return values are reduced to plain data by :func:`encode` in the student's
 process; anything else (a tensor subclass, an object, a module) becomes an
 ``{"__unsupported__": ...}`` marker that the grader reports as a wrong type. The
-grader then converts and validates every value itself (:mod:`grader.convert`).
+grader then converts and validates every value itself (:func:`grader.checks.as_tensor`).
 """
 
 from __future__ import annotations
