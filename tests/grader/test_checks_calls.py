@@ -92,3 +92,28 @@ def test_ctx_builds_generator_and_model_specs_on_the_grading_device():
     assert ctx.generator_spec("a")["seed"] == ctx.seed_for("a") % 2**63
     spec = ctx.model_spec("gaussian_eps", dtype=torch.float32, mean=torch.zeros(2, dtype=torch.float64), k=1)
     assert spec["params"]["mean"].dtype == torch.float32 and spec["params"]["k"] == 1 and spec["record"] is False
+
+
+def chain(model, x, steps=3):
+    """A toy chain that evaluates its model on two halves of the batch at each step."""
+    for i in range(steps):
+        half = x.shape[0] // 2
+        level = torch.full((x.shape[0],), float(i))
+        x = torch.cat([x[:half] + model(x[:half], level[:half]), x[half:] + model(x[half:], level[half:])])
+    return x
+
+
+def test_traced_returns_the_full_batch_states_the_model_saw():
+    from grader.checks import Traced
+
+    traced = Traced("chain", model=0)
+    ctx = Context(InProcessRunner({"chain": chain}), torch.device("cpu"), 0, "test")
+    inputs = traced.inputs(Inputs({"model": ctx.model_spec("gaussian_score_ve", mean=torch.zeros(2),
+                                                           var=torch.ones(2)), "x": torch.ones(4, 2)}))
+    outcome = ctx.call("chain", [inputs], traced.probe)[0]
+    out, states, levels = traced.states(outcome.value, 4, shape=(4, 2))
+    assert len(states) == 3 and levels == [0.0, 1.0, 2.0] and torch.equal(states[0], torch.ones(4, 2, dtype=torch.float64))
+    with pytest.raises(Mismatch, match="do not add up to the sample batch"):
+        traced.states(outcome.value, 3)
+    with pytest.raises(Mismatch, match="called with x of shape \\(4, 2\\); expected \\(2, 4\\)"):
+        traced.states(outcome.value, 4, shape=(2, 4))
