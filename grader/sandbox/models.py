@@ -49,16 +49,36 @@ class ModelLog:
         def recorded(x, level=None, *rest, **named):
             entry = {"batch": int(x.shape[0]) if hasattr(x, "shape") and len(x.shape) else -1}
             if isinstance(level, torch.Tensor):
-                entry["level"] = level.detach().to("cpu", copy=True)
+                entry["level"] = _host_copy(level)
             elif level is not None:
                 entry["level"] = torch.as_tensor(level).detach().cpu()
             cond = rest[0] if rest else named.get("cond")
             if isinstance(cond, torch.Tensor):  # a conditional model: which condition each row got, in order
-                entry["cond"] = cond.detach().to("cpu", copy=True)
+                entry["cond"] = _host_copy(cond)
             self.calls.append(entry)
             return model(x, level, *rest, **named) if level is not None else model(x)
 
         return recorded
+
+
+def _host_copy(value: torch.Tensor) -> torch.Tensor:
+    """A CPU copy of a logged tensor; on the meta device (no data) an empty one of its shape and dtype."""
+    if value.device.type == "meta":
+        return torch.empty(value.shape, dtype=value.dtype)
+    return value.detach().to("cpu", copy=True)
+
+
+def _same_device(model: Callable) -> Callable:
+    """Refuse arguments on different devices, as a network on a GPU would (the toys index leniently)."""
+
+    def checked(x, t, cond):
+        devices = {a.device.type for a in (x, t, cond) if isinstance(a, torch.Tensor)}
+        if len(devices) > 1:
+            raise RuntimeError(f"Expected all tensors to be on the same device, but found x on {x.device}, "
+                               f"t on {getattr(t, 'device', '?')} and cond on {getattr(cond, 'device', '?')}")
+        return model(x, t, cond)
+
+    return checked
 
 
 def _gaussian(params: dict) -> Any:
@@ -90,8 +110,9 @@ FACTORIES: dict[str, Callable[[dict], Callable]] = {
     "gaussian_score": lambda p: _fixed_level_score(_gaussian(p), p.get("sigma", 0.0)),
     "mixture_score": lambda p: _fixed_level_score(_mixture(p), p.get("sigma", 0.0)),
     # eps_model(x, t, cond): the optimal ε of class-conditional Gaussians, cond the (B,) labels (cfg).
-    "class_gaussian_eps": lambda p: preload().ClassConditionalGaussians(p["means"], p["vars"]).eps_model(
-        p["alphas_cumprod"]),
+    # It refuses x, t and cond on different devices, as a network on a GPU would.
+    "class_gaussian_eps": lambda p: _same_device(preload().ClassConditionalGaussians(p["means"], p["vars"]).eps_model(
+        p["alphas_cumprod"])),
 }
 
 

@@ -204,6 +204,17 @@ def _sampler(eps_model, shape, cond, uncond, guidance_scale, alphas_cumprod, num
     return x
 
 
+def sample_t_on_cpu(eps_model, shape, cond, uncond, guidance_scale, alphas_cumprod, num_steps, generator=None, x_T=None):
+    ts = ddim_timesteps(alphas_cumprod.shape[0], num_steps).tolist()
+    x = x_T if x_T is not None else torch.randn(shape, generator=generator,
+                                                device=generator.device if generator is not None else "cpu")
+    for i, t in enumerate(ts):
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        t_batch = torch.full((x.shape[0],), t, dtype=torch.long)  # no device=: on the CPU, whatever x's device
+        x = ddim_step(ref.guided_eps(eps_model, x, t_batch, cond, uncond, guidance_scale), t, t_prev, x, alphas_cumprod)
+    return x
+
+
 def sample_stops_early(*args, **kwargs):
     return _sampler(*args, **kwargs, stop_early=True)  # no final step to the data
 
@@ -258,6 +269,7 @@ BUGS = [
     Bug("CFG++ with the roles swapped", "cfg_pp_step", cfgpp_roles_swapped, "x̂₀ from ε_u, renoised along ε_λ"),
     Bug("CFG++ wraps at t_prev = −1", "cfg_pp_step", cfgpp_wraps_at_minus_one, "alphas_cumprod[−1]"),
     Bug("sampler stops one step early", "cfg_sample", sample_stops_early, "no final step to the data"),
+    Bug("sampler builds t on the CPU", "cfg_sample", sample_t_on_cpu, "torch.full((B,), t) without device=: fails on a GPU"),
     Bug("sampler with trailing timesteps", "cfg_sample", sample_trailing, "spacing='trailing'"),
     Bug("sampler walks upwards", "cfg_sample", sample_ascending, "ascending timesteps"),
     Bug("sampler swaps cond and uncond", "cfg_sample", sample_cond_uncond_swapped, "guided_eps(…, uncond, cond, …)"),
