@@ -123,7 +123,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="when students see the grader's log (default hidden)")
     github = targets.add_parser("github", help="a GitHub Actions workflow for GitHub Classroom",
                                 description="Write DIR/.github/workflows/classroom.yml, which students commit.")
-    github.add_argument("exercises", nargs="*", help="the exercises it grades (default: every exercise)")
+    github.add_argument("exercises", nargs="*", help="the exercises it grades (default: those with a notebook in "
+                                                     "./exercises/, else every exercise)")
     github.add_argument("--out", type=Path, required=True, help="the repository (template) folder to write into")
     github.add_argument("--grader", default=None, metavar="REQUIREMENT",
                         help="how the workflow installs the grader: a pip requirement, e.g. "
@@ -245,7 +246,9 @@ def _export(args: argparse.Namespace) -> int:
     from grader.export.github import write_workflow
 
     grader = args.grader or f"diffusion-course-grader=={__version__}"
-    path = write_workflow(args.out, args.exercises or exercise_names(), grader, min_score=args.min_score)
+    # Default: the exercises whose notebooks are here (exercises/NAME/NAME.ipynb), else every exercise.
+    present = [n for n in exercise_names() if (Path("exercises") / n / f"{n}.ipynb").is_file()]
+    path = write_workflow(args.out, args.exercises or present or exercise_names(), grader, min_score=args.min_score)
     print(f"{path}: commit it to the assignment's template repository")
     return EXIT_PASSED
 
