@@ -110,7 +110,7 @@ def main():
     print("grader:", importlib.util.find_spec("grader").origin)
     print("grading", notebook, "with", " ".join(command), flush=True)
     try:
-        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+        done = subprocess.run(command, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
                               timeout=CONFIG["budget"] + CONFIG["grace"])
     except subprocess.TimeoutExpired:
         return failure(f"Grading was stopped after {time.monotonic() - started:.0f} s, past the autograder's "
@@ -123,12 +123,19 @@ def main():
         lines = [line for line in done.stderr.splitlines() if line.startswith("grade:")]
         return failure(lines[-1].replace("grade: error: ", "") if lines else
                        f"The grader failed (exit status {done.returncode}); please tell the course staff.")
-    results = json.loads((feedback / "results.json").read_text())
+    try:
+        results = json.loads((feedback / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        return failure(f"The grader's results could not be read ({type(exc).__name__}); please tell the course staff.")
     finish(results, note)
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except Exception as exc:  # never end without a results.json: Gradescope would show no score and no reason
+        failure(f"The autograder failed ({type(exc).__name__}: {exc}); please tell the course staff.")
+        raise
 '''
 
 

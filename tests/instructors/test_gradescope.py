@@ -114,14 +114,19 @@ def test_run_autograder_grades_a_submission_within_gradescopes_container(tmp_pat
     assert seconds < GRADESCOPE_TIMEOUT - RESERVED - GRACE
 
 
-@pytest.mark.slow
-def test_no_notebook_and_a_global_timeout_are_said_not_silent_zeros(tmp_path):
-    """With no notebook, or a grader stopped past the budget, does results.json say so in plain words?"""
+def test_no_notebook_is_said_in_results_json(tmp_path, capsys):
+    """With nothing submitted, does run_autograder (no grader started) write a results.json that says so?"""
     root = _autograder(tmp_path, _export(tmp_path), None)
     done, _, _ = _run(root)
     results = json.loads((root / "results" / "results.json").read_text())
     assert done.returncode == 0 and results["score"] == 0 and "No notebook was submitted" in results["output"]
+    assert results["tests"][0]["max_score"] == 24 and results["output_format"] == "text"
 
+
+@pytest.mark.slow
+def test_a_global_timeout_is_said_not_a_silent_zero(tmp_path):
+    """With a grader stopped past the autograder's budget, does results.json say so in plain words?"""
+    root = _autograder(tmp_path, _export(tmp_path), None)
     shutil.copy(ROOT / "solutions" / "q_sampler" / "q_sampler.ipynb", root / "submission")
     config = json.loads((root / "source" / "gradescope.json").read_text())
     config.update(budget=0.5, grace=0.5)  # Python alone takes longer: the backstop fires
