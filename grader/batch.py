@@ -14,7 +14,8 @@ exercise for a whole course) or ``SUBMISSIONS_DIR/<student>.ipynb``. Output:
   blank where there is no graded notebook).
 
 Resumable: a notebook whose content hash (its bytes, the grading options and the
-grader's version) matches its record is not graded again. Records are written
+grader's version) matches its record is not graded again, unless the grader itself
+failed on it (a lost worker, an unreadable results.json), which is tried again. Records are written
 atomically, only when a grading has ended, so a batch killed at any moment and
 started again grades exactly what is missing or changed.
 
@@ -305,7 +306,7 @@ def _save_record(out: Path, row: Row, digest: str) -> None:
 def _load_record(out: Path, item: Item, digest: str) -> Row | None:
     try:
         record = json.loads((out / item.key / RECORD).read_text(encoding="utf-8"))
-        if record["hash"] != digest:
+        if record["hash"] != digest or record["status"] == FAILED:  # the grader's own failure: try again
             return None
         return Row(item, record["status"], record.get("results"), record.get("error", ""), record.get("exit"), True)
     except Exception:  # noqa: BLE001 -- no record, or a damaged one: grade again

@@ -115,6 +115,10 @@ def test_a_record_is_kept_only_for_the_same_hash(tmp_path):
     kept = batch._load_record(tmp_path, item, "abc")
     assert kept is not None and kept.kept and kept.results["score"] == 7 and kept.status == GRADED
     assert batch._load_record(tmp_path, item, "abd") is None
+    batch._save_record(tmp_path, Row(item, batch.FAILED, None, "the cluster could not grade it: KilledWorker"), "abc")
+    assert batch._load_record(tmp_path, item, "abc") is None  # the grader's own failure is tried again
+    batch._save_record(tmp_path, Row(item, UNGRADABLE, None, "invalid JSON", 2), "abc")
+    assert batch._load_record(tmp_path, item, "abc").status == UNGRADABLE  # the same bytes: the same verdict
     (tmp_path / "alice" / batch.RECORD).write_text("{ half a rec")
     assert batch._load_record(tmp_path, item, "abc") is None
 
