@@ -100,12 +100,14 @@ def lora_scenario(ns, *args, step, **kwargs):
         weight = base.weight.detach().clone()
         layer = ns.LoRALinear(base, r, alpha)
         if step == "fresh":
-            return {"out": layer(x), "lora_A_shape": list(adapter(layer, "lora_A").shape),
+            return {"out": layer(x), "out_again": layer(x), "lora_A_shape": list(adapter(layer, "lora_A").shape),
                     "lora_B": adapter(layer, "lora_B").detach().clone(),
+                    # every parameter comes back: on the meta device, one made on the CPU shows
+                    "parameters": {k: p.detach().clone() for k, p in layer.named_parameters()},
                     "scaling": float(layer.scaling) if hasattr(layer, "scaling") else None}
         set_adapter(layer, kwargs["A"], kwargs["B"])
         if step == "forward":
-            return {"out": layer(x)}
+            return {"out": layer(x), "out_again": layer(x)}  # a module that changes between calls fails
         if step == "gradients":
             (layer(x) * kwargs["weights"]).sum().backward()
             grads = {k: p.grad for k, p in layer.named_parameters() if p.grad is not None}
@@ -131,13 +133,22 @@ def lora_scenario(ns, *args, step, **kwargs):
     if step == "train":
         base, r, alpha, x, y, steps, lr = args[:7]
         layer = ns.LoRALinear(base, r, alpha)
-        optimiser = torch.optim.Adam([p for p in layer.parameters() if p.requires_grad], lr=lr)
+        # Adam written out (Kingma & Ba 2015, default betas): torch.optim's first use imports
+        # torch._dynamo, which takes seconds of the call's time limit.
+        params = [p for p in layer.parameters() if p.requires_grad]
+        moments = [(torch.zeros_like(p), torch.zeros_like(p)) for p in params]
         losses = []
-        for _ in range(steps):
-            optimiser.zero_grad()
+        for t in range(1, steps + 1):
+            for p in params:
+                p.grad = None
             loss = (layer(x) - y).square().mean()
             loss.backward()
-            optimiser.step()
+            with torch.no_grad():
+                for p, (m, v) in zip(params, moments):
+                    if p.grad is not None:
+                        m.mul_(0.9).add_(p.grad, alpha=0.1)
+                        v.mul_(0.999).addcmul_(p.grad, p.grad, value=0.001)
+                        p -= lr * (m / (1 - 0.9**t)) / ((v / (1 - 0.999**t)).sqrt() + 1e-8)
             losses.append(float(loss.detach()))
         return {"losses": torch.tensor(losses, dtype=torch.float64), "base_weight": base.weight.detach().clone(),
                 "base_bias": base.bias.detach().clone()}
@@ -253,7 +264,8 @@ LORA_TOLERANCE = Tolerance(
 
 
 def _scale_fresh(inputs):
-    return _terms(inputs)[0]
+    out = _terms(inputs)[0]
+    return out, out
 
 
 def _scale_merge(inputs):
@@ -270,17 +282,14 @@ def _grad_scale(inputs):
     return s * B.T @ w.T @ x, s * w.T @ (x @ A.T)
 
 
-def _scaling_alpha(base, r, alpha, x, A, B, weights=None):
-    """A diagnosis: the update scaled by α, not α/r."""
-    return (base(x) + alpha * x @ A.T @ B.T,)
+def _scaled_by(factor):
+    """A diagnosis: the update scaled by ``factor(r, α)`` instead of α/r (both calls of forward)."""
 
+    def wrong(base, r, alpha, x, A, B, weights=None):
+        out = base(x) + factor(r, alpha) * x @ A.T @ B.T
+        return out, out
 
-def _scaling_r_over_alpha(base, r, alpha, x, A, B, weights=None):
-    return (base(x) + (r / alpha) * x @ A.T @ B.T,)
-
-
-def _unscaled(base, r, alpha, x, A, B, weights=None):
-    return (base(x) + x @ A.T @ B.T,)
+    return wrong
 
 
 # -- judges of what has no reference value ------------------------------------------------------
@@ -562,7 +571,7 @@ EXERCISE = Exercise(
     checks=(
         Behaviour(
             function="LoRALinear", step="fresh", cases=layer_cases, build=build_layer, examples=layer_examples,
-            outputs=("out",), what="a fresh adapter leaves the output unchanged (B = 0)", points=2,
+            outputs=("out", "out_again"), what="a fresh adapter leaves the output unchanged (B = 0)", points=2,
             dtype_from="x", device_from="x", dtype_points=1, scale=_scale_fresh, scale_what="the size of base(x)'s terms",
             extra=(Aspect("lora_A is (r, in), lora_B (out, r) and zero, scaling = α/r", 1, judge_fresh_shapes),),
             **_common(),
@@ -573,11 +582,13 @@ EXERCISE = Exercise(
         ),
         Behaviour(
             function="LoRALinear", step="forward", cases=layer_cases, build=build_layer, examples=layer_examples,
-            outputs=("out",), what="forward is base(x) + (α/r)·x Aᵀ Bᵀ", points=3,
+            outputs=("out", "out_again"), what="forward is base(x) + (α/r)·x Aᵀ Bᵀ", points=3,
             scale=_scale_fresh, scale_what="the size of the forward's terms",
-            diagnoses=(Diagnosis(_scaling_alpha, "the update is scaled by α: LoRA scales it by α / r"),
-                       Diagnosis(_scaling_r_over_alpha, "the update is scaled by r / α: LoRA scales it by α / r"),
-                       Diagnosis(_unscaled, "the update is not scaled: LoRA multiplies it by scaling = α / r")),
+            diagnoses=(Diagnosis(_scaled_by(lambda r, alpha: alpha), "the update is scaled by α: LoRA scales it by α / r"),
+                       Diagnosis(_scaled_by(lambda r, alpha: r / alpha), "the update is scaled by r / α: LoRA scales "
+                                 "it by α / r"),
+                       Diagnosis(_scaled_by(lambda r, alpha: 1.0), "the update is not scaled: LoRA multiplies it by "
+                                 "scaling = α / r")),
             **_common(),
         ),
         Behaviour(
