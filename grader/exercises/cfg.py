@@ -1,8 +1,8 @@
 """Checks of exercise 6, cfg: classifier-free guidance, negative prompts, composition, rescaling, thresholding, CFG++.
 
-Point budget (30): cfg_combine 3, guided_eps 5 (values 2, dtype 1, one batched call 2),
-composed_eps 4 (values 2, dtype 1, one batched call 1), rescale_guidance 3, dynamic_threshold 3,
-cfg_pp_step 3, cfg_sample 9 (values 3, dtype 1, model calls 1, the generator 1 + 1, the law 2).
+Point budget (31): cfg_combine 3, guided_eps 6 (values 2, dtype 1, w = 0 and 1 are the model's own branches 1,
+one batched call 2), composed_eps 4 (values 2, dtype 1, one batched call 1), rescale_guidance 3,
+dynamic_threshold 3, cfg_pp_step 3, cfg_sample 9 (values 3, dtype 1, calls 1, the generator 1 + 1, the law 2).
 
 The models are the optimal ε's of class-conditional Gaussians (``reference.toy``), with a
 label per batch element: every label's data is Gaussian, so the guided ε is affine in x and
@@ -267,6 +267,11 @@ def judge_batched_call(inputs: Inputs, outcome) -> None:
         got = cond.tolist() if isinstance(cond, torch.Tensor) else cond
         raise Mismatch(f"eps_model got the conditions {got}; expected them stacked in the order {order}: "
                        f"{c_expected.tolist()[:16]} (the unconditional block first, as in diffusers' pipelines)")
+
+
+def _branch(eps_model, xt, t, cond, uncond, guidance_scale):
+    """The model itself: its unconditional branch for w = 0, its conditional one for w = 1."""
+    return eps_model(xt, t, uncond if guidance_scale == 0 else cond)
 
 
 def _guided_wrong(combine):
@@ -593,6 +598,10 @@ EXERCISE = Exercise(
                   scale_what="the size of the guided ε's terms", diagnosis_tolerance=DIAGNOSIS_TOLERANCE,
                   dtype_from="xt", device_from="xt", points=2, dtype_points=1, diagnoses=GUIDED_DIAGNOSES,
                   max_examples=20),
+        Agreement(function="guided_eps", cases=guided_cases().flatmap(lambda c: st.sampled_from([0.0, 1.0]).map(
+                      lambda w: {**c, "w": w})), build=build_guided, reference=_branch, tolerance=GUIDANCE_TOLERANCE,
+                  scale=guided_size, max_examples=10, points=1, diagnoses=GUIDED_DIAGNOSES,
+                  what="with w = 0 it is the unconditional model, with w = 1 the conditional one"),
         Property(function="guided_eps", cases=guided_cases(), build=build_guided, examples=_guided_examples(False)[:4],
                  max_examples=10,
                  aspects=(Aspect("one batched model call on [uncond; cond], t repeated", 2, judge_batched_call,

@@ -146,7 +146,7 @@ def test_law_check_names_guidance_around_the_conditional_branch():
 
 @pytest.mark.slow
 def test_grade_submit_gives_the_solution_full_marks_and_the_stub_none(tmp_path):
-    """Does `grade submit` run both notebooks end to end: solutions/cfg 30/30, exercises/cfg 0/30?"""
+    """Does `grade submit` run both notebooks end to end: solutions/cfg 31/31, exercises/cfg 0/31?"""
     scores = {}
     for where in ("solutions", "exercises"):
         out = tmp_path / where
@@ -155,5 +155,5 @@ def test_grade_submit_gives_the_solution_full_marks_and_the_stub_none(tmp_path):
         assert done.returncode in (0, 1), done.stderr
         results = json.loads((out / "results.json").read_text())
         scores[where] = (results["score"], results["extra_data"]["max_score"])
-    assert scores["solutions"] == (30.0, 30.0), scores
+    assert scores["solutions"] == (31.0, 31.0), scores
     assert scores["exercises"][0] == 0.0, scores
