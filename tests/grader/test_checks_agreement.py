@@ -139,3 +139,23 @@ def test_in_an_exercise_zeros_earn_nothing_and_a_meta_result_is_a_clear_failure(
         graded = grade_namespace("q_sampler", {**catalogue.CORRECT, "q_sample": wrong}, 0, functions={"q_sample"})
         assert graded and not any(g.passed for g in graded), [(g.name, g.passed) for g in graded]
         assert not any("grader failed" in g.output for g in graded)
+
+
+def test_value_dtype_from_holds_a_float64_result_of_float32_inputs_to_float32s_tolerance():
+    """A result off by 1e-6 relative: float32 inputs → float32's tolerance even for a float64 result (its dtype
+    test fails instead); float64 inputs → float64's."""
+    check = agreement(value_dtype_from="x", tolerance=Tolerance(rtol32=1e-4, atol32=0.0, rtol64=1e-9, atol64=0.0,
+                                                                why="test"))
+    values, form = grade(check, lambda x: (2 * x).double() * (1 + 1e-6))
+    assert not values.passed  # the float64 cases are held to 1e-9
+    float32_only = Agreement(**{**{k: getattr(check, k) for k in ("function", "build", "reference", "tolerance",
+                                                                   "value_dtype_from", "max_examples")},
+                                "cases": st.fixed_dictionaries({"n": st.integers(1, 4), "dtype": st.just("float32"),
+                                                                "seed": st.integers(0, 100)})})
+    assert grade(float32_only, lambda x: (2 * x).double() * (1 + 1e-6))[0].passed
+
+
+def test_swapped_names_a_tuple_returned_in_the_wrong_order():
+    from grader.checks import swapped
+
+    assert swapped(lambda a, b=0: (a, b))(1, b=2) == (2, 1)
