@@ -265,16 +265,20 @@ def _clean_strings(value: Any) -> Any:
     return value
 
 
-def _model_calls(calls: Any) -> list | None:
-    """The logs of recorded models (a list per model of dicts per call), or None when malformed."""
+def _model_calls(calls: Any) -> list | str | None:
+    """The logs of recorded models (a list per model of dicts per call); None when malformed,
+    ``"many"`` when longer than :data:`MAX_MODEL_CALLS`."""
     if not isinstance(calls, list) or not all(isinstance(log, list) for log in calls):
         return None
     if sum(len(log) for log in calls) > MAX_MODEL_CALLS:
-        return None
+        return "many"
     if not all(isinstance(entry, dict) for log in calls for entry in log):
         return None
-    cleaned = _clean_strings(encode(calls)) if calls else []
-    return cleaned if isinstance(cleaned, list) else None
+    cleaned = [[_clean_strings(encode(entry)) for entry in log] for log in calls]  # each entry its own budget
+    plain = (bool, int, float, torch.Tensor)  # what ModelLog records: a batch size, a level, a condition
+    ok = all(isinstance(entry, dict) and UNSUPPORTED not in entry and all(isinstance(v, plain) for v in entry.values())
+             for log in cleaned for entry in log)
+    return cleaned if ok else None
 
 
 def outcome_from_kernel(raw: Any) -> dict:
@@ -296,8 +300,10 @@ def outcome_from_kernel(raw: Any) -> dict:
         if key in raw:
             outcome[key] = clean_text(raw[key], limit, keep="tail" if key == "traceback" else "head")
     calls = _model_calls(raw.get("model_calls", []))
+    if calls == "many":
+        return transfer_error(f"the model was called more than {MAX_MODEL_CALLS:,} times in one call")
     if calls is None:
-        return transfer_error("the result sent back had a malformed or oversized log of model calls")
+        return transfer_error("the result sent back had a malformed log of model calls")
     outcome["model_calls"] = calls
     refusals = raw.get("refusals", [])
     if not isinstance(refusals, list):

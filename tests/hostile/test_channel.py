@@ -118,8 +118,13 @@ def test_outcomes_are_checked_again_on_the_grader_side():
     assert wire.outcome_from_kernel({"status": "ok", "value": "x\x1b[31m"})["value"] == "x"
     bad_log = wire.outcome_from_kernel({"status": "ok", "value": 1, "model_calls": [[1, 2]]})
     assert bad_log["error_type"] == "TransferError"
+    meta_log = {"status": "ok", "value": 1, "model_calls": [[{"batch": 1, "level": torch.empty(1, device="meta")}]]}
+    assert wire.outcome_from_kernel(meta_log)["error_type"] == "TransferError"
     long_log = {"status": "ok", "value": 1, "model_calls": [[{"batch": 1}] * (wire.MAX_MODEL_CALLS + 1)]}
-    assert wire.outcome_from_kernel(long_log)["error_type"] == "TransferError"
+    assert "more than 100,000 times" in wire.outcome_from_kernel(long_log)["message"]
+    honest_log = [[{"batch": 4, "level": torch.tensor(t)} for t in range(1000)] for _ in range(5)]
+    kept = wire.outcome_from_kernel({"status": "ok", "value": 1, "model_calls": honest_log})["model_calls"]
+    assert len(kept) == 5 and all(torch.equal(e["level"], torch.tensor(t)) for t, e in enumerate(kept[0]))
 
 
 def _message(token: str, index, payload, mime: str = OUTCOME_MIME) -> dict:
