@@ -226,25 +226,64 @@ def test_no_tcp_connection_and_no_signal_to_the_grader(tmp_path, honest):
 
 # ---------------------------------------------------------------------------------------- processes
 
-#: A cell that forks (through libc: no audit event), leaves the session, and turns the child into a zombie
-#: leader — its main thread exits, a thread lives on — that keeps overwriting ``TARGETS`` with ``FORGED``.
-ZOMBIE_FORGER = LIBC + """import threading, time
-TARGETS, FORGED = {targets!r}, {forged!r}
-if libc.fork() == 0:
-    libc.setsid()
-    def forge():
-        libc.prctl(15, b"grader-forger", 0, 0, 0)
-        end = time.time() + 120
-        while time.time() < end:
-            for path in TARGETS:
-                fd = libc.open(path.encode(), os.O_WRONLY | os.O_TRUNC)
-                if fd >= 0:
-                    libc.write(fd, FORGED.encode(), len(FORGED.encode()))
-                    libc.close(fd)
-            time.sleep(0.05)
-    threading.Thread(target=forge).start()
-    libc.syscall(60, 0)  # SYS_exit: the leader thread only
+#: The forger: a fresh Python whose main thread exits (a zombie leader, state Z) while a second thread lives
+#: on and keeps overwriting TARGETS with FORGED. argv: TARGETS as JSON, FORGED, the thread's name.
+FORGER_PROGRAM = """import ctypes, json, sys, threading, time
+libc = ctypes.CDLL(None, use_errno=True)
+targets, forged, name = json.loads(sys.argv[1]), sys.argv[2].encode(), sys.argv[3].encode()
+def forge():
+    libc.prctl(15, name, 0, 0, 0)  # PR_SET_NAME
+    end = time.time() + 120
+    while time.time() < end:
+        for path in targets:
+            fd = libc.open(path.encode(), 0o1 | 0o1000)  # O_WRONLY | O_TRUNC
+            if fd >= 0:
+                libc.write(fd, forged, len(forged))
+                libc.close(fd)
+        time.sleep(0.05)
+threading.Thread(target=forge).start()
+time.sleep(0.2)
+libc.syscall(60, 0)  # SYS_exit, through CDLL (which lets go of the GIL first): the leader thread only
 """
+
+#: A cell that starts the forger behind the guard's back: fork and exec through libc (no audit event),
+#: in a session of its own;
+#: then, a second later, prints a witness line if the forger's thread is alive.
+ZOMBIE_FORGER = LIBC + """import json, sys, time
+program = {program!r}
+args = [sys.executable.encode(), b"-c", program.encode(), json.dumps({targets!r}).encode(), {forged!r}.encode(),
+        {name!r}.encode(), None]
+py = ctypes.PyDLL(None)  # keeps the GIL: between fork and exec the child does nothing that could wait for it
+path, argv, setsid, execv, _exit = sys.executable.encode(), (ctypes.c_char_p * len(args))(*args), py.setsid, \
+    py.execv, py._exit
+if py.fork() == 0:
+    setsid()
+    execv(path, argv)
+    _exit(1)
+def seen():
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if any(open(f"/proc/{{pid}}/task/{{tid}}/comm").read().strip() == {name!r}
+                   for tid in os.listdir(f"/proc/{{pid}}/task")):
+                return True
+        except OSError:
+            pass
+end = time.time() + 30  # a fresh Python starts in ~0.1 s; far longer on a loaded machine
+while not seen() and time.time() < end:
+    time.sleep(0.2)
+if seen():
+    print("witness:", "forger", "alive")
+"""
+
+
+def _forger(targets: list[str], forged: str) -> str:
+    return ZOMBIE_FORGER.format(program=FORGER_PROGRAM, targets=targets, forged=forged, name=FORGER)
+
+
+def _witnessed(executed: Path) -> bool:
+    """Did the notebook's witness line (in an output, not the source) see the forger alive while grading?"""
+    nb = nbformat.read(executed, as_version=4)
+    return "witness: forger alive" in _outputs(nb)
 
 
 def _stub_cells(extra: str) -> list[str]:
@@ -252,10 +291,15 @@ def _stub_cells(extra: str) -> list[str]:
     return _replace(_definitions(), "q_sample", stub) + [extra]
 
 
+#: The forger's thread name: this test process's own (two test runs at once must not see each other's).
+FORGER = f"forger-{os.getpid() % 10**6}"
+ORPHAN = f"orphan-{os.getpid() % 10**6}"
+
+
 def _assert_nothing_forged(path: Path, expected: str, seconds: float = 3.0) -> None:
     time.sleep(seconds)  # the forger writes every 50 ms: this is 60 chances
     assert path.read_text() == expected
-    assert not _named("grader-forger")
+    assert not _named(FORGER)
 
 
 @linux
@@ -264,10 +308,10 @@ def test_a_zombie_leader_cannot_rewrite_results_after_grade_submit(tmp_path):
     """Is a zombie leader forked behind the guard's back killed with the kernel, so results.json stays final?"""
     out = tmp_path / "feedback"
     forged = json.dumps({"score": 1000, "tests": []})
-    folder = _notebook(tmp_path, _stub_cells(ZOMBIE_FORGER.format(targets=[str(out / "results.json")], forged=forged)))
+    folder = _notebook(tmp_path, _stub_cells(_forger([str(out / "results.json")], forged)))
     started = time.monotonic()
     done = subprocess.run([sys.executable, "-m", "grader", "submit", str(folder), "--out", str(out),
-                           "--timeout", str(TIMEOUT), "--cell-timeout", "8", "--call-timeout", "3"],
+                           "--timeout", str(TIMEOUT), "--cell-timeout", "40", "--call-timeout", "3"],
                           capture_output=True, timeout=TIMEOUT + 60, cwd=str(tmp_path))
     assert done.returncode == 1, done.stderr.decode(errors="replace")[-2000:]  # graded, below full marks
     assert time.monotonic() - started < TIMEOUT
@@ -275,6 +319,8 @@ def test_a_zombie_leader_cannot_rewrite_results_after_grade_submit(tmp_path):
     results = json.loads(written)
     assert results["score"] < results["extra_data"]["max_score"] and results["score"] != 1000
     assert isolation.complete(results["extra_data"]["isolation"])
+    executed = out / "q_sampler.executed.ipynb"
+    assert _witnessed(executed), _outputs(nbformat.read(executed, as_version=4))[-1500:]
     _assert_nothing_forged(out / "results.json", written)
 
 
@@ -286,14 +332,15 @@ def test_a_zombie_leader_cannot_rewrite_its_gradebook_row(tmp_path):
     gradebook = out / "gradebook.csv"
     forged = "student,score\nalice,1000\n"
     targets = [str(gradebook), str(out / "alice" / "results.json")]
-    _notebook(tmp_path / "class", _stub_cells(ZOMBIE_FORGER.format(targets=targets, forged=forged)), name="alice")
+    _notebook(tmp_path / "class", _stub_cells(_forger(targets, forged)), name="alice")
     done = subprocess.run([sys.executable, "-m", "grader", "batch", str(tmp_path / "class"), "--out", str(out),
-                           "--jobs", "1", "--timeout", str(TIMEOUT), "--cell-timeout", "8", "--call-timeout", "3"],
+                           "--jobs", "1", "--timeout", str(TIMEOUT), "--cell-timeout", "40", "--call-timeout", "3"],
                           capture_output=True, timeout=TIMEOUT + 120, cwd=str(tmp_path))
     assert done.returncode in (0, 1), done.stderr.decode(errors="replace")[-2000:]
     written = gradebook.read_text()
     rows = list(csv.DictReader(written.splitlines()))
     assert [r["student"] for r in rows] == ["alice"] and "1000" not in written
+    assert any(_witnessed(p) for p in out.rglob("*.executed.ipynb"))
     _assert_nothing_forged(gradebook, written)
 
 
@@ -306,29 +353,30 @@ def test_800_orphans_are_killed_at_once(tmp_path):
     work.mkdir()
     nb = nbformat.v4.new_notebook()
     nb.cells = [nbformat.v4.new_code_cell(LIBC + """import time
+fork = ctypes.PyDLL(None).fork  # with the GIL held: the child owns it and runs on
 for i in range(800):
-    if libc.fork() == 0:
+    if fork() == 0:
         if i % 2:
             libc.setsid()
-            if libc.fork():
+            if fork():
                 libc._exit(0)
         libc.prctl(15, b"grader-orphan", 0, 0, 0)
         while True:
             libc.pause()
 print('forked')
-""")]
+""".replace("grader-orphan", ORPHAN))]
     kernel = SandboxKernel(work, Limits(cell_timeout=120, memory_bytes=4 * GiB), [])
     kernel.start()
     try:
         runs = kernel.run_notebook(nb, time.monotonic() + 200)
         assert runs[0].status == "ok", runs[0].error
-        assert len(_named("grader-orphan")) >= 700
+        assert len(_named(ORPHAN)) >= 700
     finally:
         started = time.monotonic()
         kernel.close()
         seconds = time.monotonic() - started
     assert isolation.complete(kernel.walls.isolation), kernel.walls.isolation
-    assert not _named("grader-orphan")
+    assert not _named(ORPHAN)
     # One kill; what remains is Linux tearing down 800 copies of a torch kernel: 10.7 s measured at load 7
     # on 2 cores (0.27 s for 800 small processes, tests/grader/test_confinement.py); killed one at a time
     # (issue 9) the same took 800 × ~50 ms on top.
