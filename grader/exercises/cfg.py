@@ -18,28 +18,13 @@ exercise's false-failure probability is at most 1e-6.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 from hypothesis import strategies as st
 
-from grader.checks import (
-    Agreement,
-    Aspect,
-    Battery,
-    Context,
-    DEFAULT_TOLERANCE,
-    Diagnosis,
-    Inputs,
-    Law,
-    LawDraw,
-    Mismatch,
-    ModelCalls,
-    Property,
-    Reproducible,
-    Sample,
-    Tolerance,
-    output_aspect,
-    seeded_runs,
-)
+from grader.checks import (Agreement, Aspect, Battery, Context, DEFAULT_TOLERANCE, Diagnosis, Inputs, Law, LawDraw,
+                            Mismatch, ModelCalls, Property, Reproducible, Sample, Tolerance, output_aspect, seeded_runs)
 from grader.exercises import Exercise
 from grader.exercises._common import DTYPES, SCHEDULE_TOLERANCE, data_shapes, gaussian, horizons, schedule_betas, schedule_note
 from reference import cfg as ref
@@ -334,7 +319,9 @@ def build_threshold(case: dict, ctx: Context) -> Inputs:
 
 def _rescaled(eps_cfg, eps_cond, phi, *, dims=None, inverted=False, swapped=False):
     dims = list(range(1, eps_cfg.ndim)) if dims is None else dims
-    std_c, std_g = eps_cond.std(dim=dims, keepdim=True), eps_cfg.std(dim=dims, keepdim=True)
+    with warnings.catch_warnings():  # the std of one entry is NaN (the mistake then matches nothing): no warning
+        warnings.simplefilter("ignore")
+        std_c, std_g = eps_cond.std(dim=dims, keepdim=True), eps_cfg.std(dim=dims, keepdim=True)
     eps_r = eps_cfg * (std_g / std_c if inverted else std_c / std_g)
     return (1 - phi) * eps_r + phi * eps_cfg if swapped else phi * eps_r + (1 - phi) * eps_cfg
 
