@@ -312,8 +312,9 @@ def judge_shapes(inputs: Inputs, outcome) -> None:
                        f"posterior with mean {tuple(latent)})")
 
 
-#: 25 Adam steps at lr 2e-3 on 32 shapes with kl_weight 1e-3: a correct model ends below 0.35 of its
-#: first loss on every one of 20 seeds (tests/exercises/test_latent_vae_checks.py); 0.7 is asked.
+#: 25 Adam steps at lr 2e-3 on 32 shapes with kl_weight 1e-3: the reference model ends below 0.45 of its
+#: first loss on every one of 20 seeds (at most 0.433: tests/exercises/test_latent_vae_checks.py); 0.7 is
+#: asked. A run takes ~5 s on a loaded 2-core machine, inside the 10 s call limit.
 TRAIN_STEPS, TRAIN_LR, TRAIN_KL, TRAIN_RATIO = 25, 2e-3, 1e-3, 0.7
 
 
