@@ -39,8 +39,11 @@ def parse_size(text: str) -> int:
 
 
 def _positive(text: str) -> float:
-    value = float(text)
-    if value <= 0:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:  # NaN too
         raise argparse.ArgumentTypeError(f"must be positive: {text}")
     return value
 
@@ -67,8 +70,16 @@ def _add_grading_options(p: argparse.ArgumentParser) -> None:
                         "(Linux: Landlock ABI >= 6 and a user+PID namespace); for summative grading")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a bad option or value as one line on standard error (exit 2), not the usage block."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        message = re.sub(r"[\x00-\x1f\x7f-\x9f]", "?", message)  # a value typed on the command line, shown safely
+        self.exit(EXIT_UNGRADABLE, f"grade: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="grade", description="Autograder for the diffusion-models course.")
+    parser = _Parser(prog="grade", description="Autograder for the diffusion-models course.")
     parser.add_argument("--version", action="version", version=f"grade {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -79,6 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--ci", action="store_true", help="CI mode: a short summary; exit 1 below full marks or --min-score")
     submit.add_argument("--min-score", type=float, default=None, help="with --ci: the score needed to pass")
     submit.add_argument("-v", "--verbose", action="store_true", help="print whole failure messages")
+    submit.add_argument("-q", "--quiet", action="store_true", help="print one line: the score and what failed")
     submit.add_argument("--exercise", default=None, help="grade as this exercise (default: the notebook's metadata, "
                                                          "else its folder's name)")
     _add_grading_options(submit)
@@ -183,6 +195,8 @@ def _submit(args: argparse.Namespace) -> int:
             if not test.passed and test.max_score:
                 print(neutralise(f"  FAIL {test.name}: {test.output.splitlines()[0] if test.output else ''}"))
         print(f"report: {paths['report']}")
+    elif args.quiet:
+        print(terminal_summary(result, quiet=True))
     else:
         print(terminal_summary(result, verbose=args.verbose))
         print(f"Feedback: {paths['report']}")
