@@ -28,10 +28,10 @@ from typing import Any, Callable
 
 import torch
 
-from grader.checks.base import Check, Context, Inputs, TestSpec, Verdict, check_probe
+from grader.checks.base import Context, Inputs, Verdict, check_probe
 from grader.checks.compare import Mismatch, as_tensor
 from grader.checks.property import Diagnosis
-from grader.checks.statistical import StatReport, stat_verdict, value_of
+from grader.checks.statistical import Statistical, StatReport, stat_verdict, value_of
 from grader.stats import Statistic, mean_z, product_z, variance_chi2
 
 __all__ = ["Battery", "Law", "LawDraw", "Sample", "standardise"]
@@ -152,8 +152,8 @@ def _suffix(label: str) -> str:
 
 
 @dataclass(frozen=True)
-class Law(Check):
-    """A sampler against its exact law (module docstring).
+class Law(Statistical):
+    """A sampler against its exact law (module docstring); a :class:`Statistical` check whose procedure is this pattern.
 
     Attributes:
         function: the function under test.
@@ -168,24 +168,18 @@ class Law(Check):
         mistakes: known mistakes, each ``Diagnosis(wrong=lambda draw: [law per sample], message)``.
     """
 
-    function: str
-    name: str
-    draw: Callable[[Context], LawDraw]
-    battery: Battery
-    alpha: float
-    derivation: str
-    points: float = 1.0
+    draw: Callable[[Context], LawDraw] | None = None
+    battery: Battery | None = None
     tag: str = ""
     probe: Callable | None = None
     mistakes: tuple[Diagnosis, ...] = ()
-    public: bool = False
 
     def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.draw is None or self.battery is None:
+            raise TypeError(f"Law of {self.function}: give its draw and its battery")
         if self.probe is not None:
             check_probe(self.probe)
-
-    def tests(self) -> list[TestSpec]:
-        return [TestSpec(f"{self.function}: {self.name}", self.points, "statistical")]
 
     def run(self, ctx: Context) -> list[Verdict]:
         return [stat_verdict(self, lambda: self.measure(ctx))]

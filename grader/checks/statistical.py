@@ -52,11 +52,18 @@ class Statistical(Check):
 
     function: str
     name: str
-    procedure: Callable[[Context, float], StatReport]
-    alpha: float
-    derivation: str
+    procedure: Callable[[Context, float], StatReport] | None = None
+    alpha: float | None = None
+    derivation: str = ""
     points: float = 1.0
     public: bool = False
+
+    def __post_init__(self) -> None:
+        # Defaults only so that subclasses (Law) may add fields; every statistical check states its level.
+        if self.alpha is None or not self.derivation:
+            raise TypeError(f"{type(self).__name__} of {self.function}: give its level alpha and its derivation")
+        if type(self) is Statistical and self.procedure is None:
+            raise TypeError(f"Statistical of {self.function}: give its procedure")
 
     def tests(self) -> list[TestSpec]:
         return [TestSpec(f"{self.function}: {self.name}", self.points, "statistical")]

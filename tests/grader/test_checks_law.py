@@ -96,9 +96,20 @@ def _uses_math(ns, x):
 def test_a_probe_with_a_name_out_of_scope_fails_when_declared():
     """The student's process gives a probe only torch and the builtins: math must fail loudly, at declaration."""
     with pytest.raises(ProbeError, match="uses math"):
-        Law(function="f", name="x", draw=draw, battery=BATTERY, alpha=1e-6, derivation="", probe=_uses_math)
+        Law(function="f", name="x", draw=draw, battery=BATTERY, alpha=1e-6, derivation="d", probe=_uses_math)
 
 
 def test_mean_z_is_what_the_battery_reports():
     r = torch.ones(B, D)
     assert BATTERY.run([r, r], 9e-6, ["", ""])[0].value == mean_z(r, 1e-6).value == pytest.approx(math.sqrt(B * D))
+
+
+def test_a_law_is_a_statistical_check_that_states_its_level():
+    """Law is a Statistical check (the calibration finds it), and neither may omit its level or derivation."""
+    from grader.checks import Statistical
+
+    assert isinstance(LAW, Statistical) and LAW.tests()[0].kind == "statistical"
+    with pytest.raises(TypeError, match="alpha and its derivation"):
+        Law(function="f", name="x", draw=draw, battery=BATTERY, alpha=1e-6)
+    with pytest.raises(TypeError, match="its draw and its battery"):
+        Law(function="f", name="x", battery=BATTERY, alpha=1e-6, derivation="d")
