@@ -120,7 +120,7 @@ def test_float32_round_off_is_far_inside_the_tolerance(impl):
 
 
 def test_tree_names_read_the_same_as_strings_and_as_dotted_components():
-    cases = draw_cases(ex.tree_cases(), 100, 2, ex.tree_examples)
+    cases = draw_cases(ex.tree_cases(), 40, 2, ex.tree_examples)
     for case in cases:
         for name, kind, *_ in case["layers"]:
             for target in case["targets"]:

@@ -47,6 +47,7 @@ class Hangs(ref.LoRALinear):
             pass
 
 
+@pytest.mark.slow  # every call waits for its 1 s alarm
 def test_a_forward_that_hangs_times_out_with_a_clear_message():
     started = time.monotonic()
     graded = _grade(Hangs, call_timeout=1.0)

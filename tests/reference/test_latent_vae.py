@@ -57,6 +57,7 @@ def test_logvar_is_clamped_to_minus_30_and_20():
     assert torch.isfinite(dist.var).all() and torch.isfinite(dist.kl()).all()
 
 
+@pytest.mark.slow  # importing diffusers takes seconds
 @pytest.mark.parametrize("seed", range(4))
 def test_agrees_with_diffusers_diagonal_gaussian_distribution(seed):
     vae = pytest.importorskip("diffusers.models.autoencoders.vae")
@@ -118,6 +119,7 @@ def _shapes(n, seed):
     return module.load_shapes(n, torch.Generator().manual_seed(seed))[0]
 
 
+@pytest.mark.slow
 def test_a_short_training_run_on_the_shapes_lowers_the_loss():
     torch.manual_seed(0)
     images = _shapes(64, 0)

@@ -122,6 +122,7 @@ def test_dropout_acts_on_the_adapters_input_only():
     assert torch.allclose(layer(x), layer.base(x) + layer.scaling * x @ layer.lora_A.T @ layer.lora_B.T, atol=1e-5)
 
 
+@pytest.mark.slow  # torch.optim's first use imports torch._dynamo (seconds)
 def test_training_on_a_low_rank_target_lowers_the_loss_and_keeps_the_base_bit_identical():
     """Fit y = (W₀ + ΔW)x with ΔW of rank 2 by Adam on A and B only."""
     g = torch.Generator().manual_seed(4)
@@ -196,6 +197,7 @@ def test_the_state_dict_holds_only_lora_tensors_and_loads_back():
         ref.load_lora_state_dict(fresh, {"blocks.0.to_q.base.weight": torch.zeros(4, 4)})
 
 
+@pytest.mark.slow  # importing peft (and transformers) takes seconds
 @pytest.mark.parametrize("r, alpha", [(1, 1.0), (4, 8.0), (3, 0.5)])
 def test_agrees_with_peft_lora_linear(r, alpha):
     """peft's lora.Linear with the same W₀, A, B, α and r: the same forward, delta weight and merge."""
