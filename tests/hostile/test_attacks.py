@@ -338,9 +338,29 @@ def _assert_clean(folder: Path, score: float, max_bytes: int = 1_000_000) -> Non
     raw = (feedback / "results.json").read_bytes()
     assert len(raw) < max_bytes, len(raw)
     assert (feedback / "report.html").stat().st_size < 2 * max_bytes
-    text = raw.decode("utf-8")
-    assert "\x1b" not in text and "\\u001b" not in text and "\\ud800" not in text
-    assert json.loads(text)["score"] == score
+    results = json.loads(raw.decode("utf-8"))
+    assert results["score"] == score
+    bad = [text for text in _strings(results) if any(_unsafe(ch) for ch in text)]
+    assert not bad, bad[:3]
+
+
+def _unsafe(ch: str) -> bool:
+    """A character that must not reach a terminal: C0 but tab and newline, DEL, C1, bidi overrides, surrogates."""
+    code = ord(ch)
+    return (code < 32 and ch not in "\t\n") or 0x7f <= code <= 0x9f or 0x202a <= code <= 0x202e \
+        or 0x2066 <= code <= 0x2069 or 0xd800 <= code <= 0xdfff
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(k)
+            yield from _strings(v)
+    elif isinstance(value, list):
+        for v in value:
+            yield from _strings(v)
 
 
 def test_pre_created_batch_folders_change_nothing(tmp_path, honest):
@@ -418,17 +438,20 @@ def test_a_thread_flooding_iopub_forever_holds_nothing_up(tmp_path, honest):
     flood = ("import sys, threading\nfrom IPython.display import display\n"
              "def flood():\n    while True:\n        print('flood ' * 20)\n        sys.stdout.flush()\n"
              "        display({'text/plain': 'flood'}, raw=True)\n"
-             "threading.Thread(target=flood, daemon=True).start()\n")
+             "for _ in range(4):\n    threading.Thread(target=flood, daemon=True).start()\n")
     folder = _notebook(tmp_path, _definitions() + [flood])
     started = time.monotonic()
-    done = _submit(folder, timeout=400)
+    done = _submit(folder, "--timeout", "60", timeout=400)
     seconds = time.monotonic() - started
+    assert done.returncode in (0, 1), done.stderr[-3000:]
     results = json.loads(done.stdout.decode("utf-8"))
-    # Bound: --timeout 200 plus one kernel start and one interrupt grace (README), under load.
-    assert seconds < 300
+    # Bound: the 60 s budget plus its stated grace (one kernel start, one 3 s interrupt grace), and the
+    # grader's own start and the kernel's teardown: 60 s more covers all of these on a loaded machine.
+    assert seconds < 60 + 60
     assert results["score"] <= honest.score
     lost = [t["output"] for t in results["tests"] if t["status"] == "failed"]
-    assert all(any(n in output for n in ("kept the channel busy", "timed out", "not run")) for output in lost), lost
+    needles = ("kept the channel busy", "timed out", "not run", "time budget")
+    assert all(any(n in output for n in needles) for output in lost), lost
     _assert_clean(folder, results["score"])
     assert (folder / "feedback" / "q_sampler.executed.ipynb").stat().st_size < 5 * LIMITS.output_bytes
 
