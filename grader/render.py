@@ -300,8 +300,7 @@ _ENV = jinja2.Environment(
     trim_blocks=True,
     lstrip_blocks=True,
 )
-_ENV.filters["math"] = math_markup  # names: `$…$` and symbols such as β̃_0 as MathML
-_ENV.filters["latex"] = lambda text: math_markup(text, symbols=False)  # feedback: `$…$` only
+_ENV.filters["math"] = math_markup  # names and feedback: `$…$` and symbols such as β̃_0 as MathML
 
 
 def _open_folder(out: Path) -> int:

@@ -104,6 +104,8 @@ def test_report_has_a_section_per_function_and_one_card_per_stub() -> None:
     assert stub.count("is not implemented yet") == 1 and "18 tests (18 points)" in stub
     assert '<section class="test' not in stub
     assert "<script" not in html and not re.search(r"https?://", html)
+    hint = html[html.index('id="test-3"'):html.index('id="test-4"')]
+    assert re.search(r'<pre class="feedback">[^<]*Hint: <math><msub><mover', hint)  # ᾱ_t in the feedback
 
 
 def test_every_failing_statistic_is_listed_with_its_meaning() -> None:
