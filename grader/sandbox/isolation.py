@@ -182,6 +182,7 @@ class Walls:
 
     def environment(self) -> dict:
         tmp = str(self.tmp)
+        _seed_matplotlib(self.tmp / "matplotlib")
         return {"TMPDIR": tmp, "TEMP": tmp, "TMP": tmp, "MPLCONFIGDIR": str(self.tmp / "matplotlib"),
                 "XDG_CACHE_HOME": str(self.tmp / "cache")}
 
@@ -264,3 +265,34 @@ def require(isolation: dict) -> None:
     if not complete(isolation):
         raise IsolationError(f"--require-isolation: not grading, the kernel cannot be confined here "
                              f"({shortfall(isolation)})")
+
+
+def _matplotlib_cache() -> Path:
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "diffusion-course-grader" / "matplotlib"
+
+
+def _seed_matplotlib(target: Path) -> None:
+    """Give the kernel's private matplotlib folder a copy of the grader's own font cache.
+
+    Each kernel's MPLCONFIGDIR is private (one student must not poison the next one's
+    matplotlib), so without a seed every kernel that plots rebuilds matplotlib's font
+    list — seconds on an idle machine, tens of seconds on a loaded one. The grader
+    builds it once, in a process of its own that runs no student code, and copies it.
+    Best effort: without matplotlib, or on any error, the kernel builds its own.
+    """
+    import shutil
+    import subprocess
+
+    cache = _matplotlib_cache()
+    try:
+        if not list(cache.glob("fontlist-*.json")):
+            cache.mkdir(parents=True, exist_ok=True, mode=0o700)
+            subprocess.run([sys.executable, "-c", "import matplotlib.font_manager"], timeout=300,
+                           env=dict(os.environ, MPLCONFIGDIR=str(cache)), stdin=subprocess.DEVNULL,
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        target.mkdir(parents=True, exist_ok=True)
+        for fontlist in cache.glob("fontlist-*.json"):
+            shutil.copyfile(fontlist, target / fontlist.name)
+    except (OSError, subprocess.SubprocessError):
+        pass
