@@ -402,7 +402,8 @@ def terminal_summary(result: GradingResult, *, verbose: bool = False, quiet: boo
         body = test.output.splitlines()
         if not verbose:
             statistics = [s for s in test.details.get("statistics") or [] if isinstance(s, dict)]
-            body = body[:1] if test.kind != "execution" else body[:7]  # the execution test: the cells that failed
+            shown = 1 if test.kind != "execution" else 7  # the execution test: the cells that failed
+            body = body[:shown] + ([f"  ... ({len(body) - shown} more in the report)"] if len(body) > shown else [])
             inputs = str(test.details.get("input") or "").splitlines()
             if inputs:
                 body.append("smallest failing input:" if test.kind == "property" else "input:")
