@@ -402,8 +402,10 @@ def terminal_summary(result: GradingResult, *, verbose: bool = False, quiet: boo
         body = test.output.splitlines()
         if not verbose:
             statistics = [s for s in test.details.get("statistics") or [] if isinstance(s, dict)]
-            shown = 1 if test.kind != "execution" else 7  # the execution test: the cells that failed
-            body = body[:shown] + ([f"  ... ({len(body) - shown} more in the report)"] if len(body) > shown else [])
+            if test.kind == "execution":  # the cells that failed
+                body = body[:7] + ([f"  ... ({len(body) - 7} more in the report)"] if len(body) > 7 else [])
+            else:  # the first line and the hint; the input and the statistics follow
+                body = body[:1] + [line for line in body[1:] if line.startswith("Hint:")][:2]
             inputs = str(test.details.get("input") or "").splitlines()
             if inputs:
                 body.append("smallest failing input:" if test.kind == "property" else "input:")

@@ -160,6 +160,7 @@ def test_terminal_summary_shows_the_smallest_input_and_each_failing_statistic() 
     result.tests[2].output += "\x1b[31m\x07red\x1b[0m"  # whatever got past the grader's gates
     text = terminal_summary(result)
     assert "smallest failing input:" in text and "t = int64 tensor of shape (1,): [3]" in text
+    assert "Hint: ᾱ_t is a variance" in text
     assert "z of the mean = 9.1, outside [-5.3, 5.3]" in text
     assert "correlation between two calls = 7.7, outside [-6, 6]" in text
     assert "mean of squared residuals = 1" not in text  # a passing statistic is not a failure's news
