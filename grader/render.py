@@ -145,6 +145,11 @@ def math_markup(text: str, *, symbols: bool = True) -> Markup:
     return Markup("".join(out))
 
 
+_TWO_CALLS = ("Two calls with the same inputs should draw independent noise. A correlation means they share "
+              "something: reused noise or a fixed seed, or an error in the mean, such as a wrong coefficient "
+              "of x₀: both calls get the same x₀, so the same error shows in both and correlates them, even "
+              "when the z of the mean is fine (x₀ is centred). Check the mean's formula first.")
+
 #: What each statistic of the statistical checks measures, and what a value outside its range
 #: usually means, in a student's words (matched on the start of the statistic's name).
 _MEANINGS = [
@@ -156,13 +161,8 @@ _MEANINGS = [
                                   "its square root belongs, or a wrong mean), below it too little."),
     ("mean square", "The spread of your output against the exact standard deviation should be close to 1; "
                     "above the range there is too much noise or a wrong mean, below it too little."),
-    ("correlation between two calls", "Two calls with the same inputs should draw independent noise. A "
-                                      "correlation means they share something: reused noise or a fixed "
-                                      "seed, or, if the mean is off too, the same wrong mean in both calls "
-                                      "(the residuals are measured from the exact mean): fix the mean first."),
-    ("correlation between the two calls", "Two calls with the same inputs should draw independent noise. A "
-                                          "correlation means reused noise or a fixed seed, or, if the mean is "
-                                          "off too, the same wrong mean in both calls: fix the mean first."),
+    ("correlation between two calls", _TWO_CALLS),
+    ("correlation between the two calls", _TWO_CALLS),
     ("correlation between coordinates", "Coordinates of one sample should get independent noise; a correlation "
                                         "means one noise value is shared across coordinates (e.g. a noise "
                                         "tensor of the wrong shape broadcast), or a wrong mean."),

@@ -114,7 +114,7 @@ def test_every_failing_statistic_is_listed_with_its_meaning() -> None:
     rows = re.findall(r'<tr class="statistic (ok|off)">(.*?)</tr>', card, re.S)
     assert [r[0] for r in rows] == ["off", "off", "ok"]  # failing first, both listed
     assert "the mean of what your code returns is off" in rows[0][1]
-    assert "fix the mean first" in rows[1][1]  # a wrong mean also shows as a correlation: said so
+    assert "Check the mean&#39;s formula first" in rows[1][1]  # a wrong mean also shows as a correlation: said so
     assert re.search(r'class="meaning"></td>', rows[2][1])  # a passing one needs no explanation
 
 
