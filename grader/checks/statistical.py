@@ -132,6 +132,7 @@ def residual_plot(residuals: torch.Tensor, title: str) -> str:
     if r.numel():
         low, high = min(-5.0, float(r.quantile(0.001))), max(5.0, float(r.quantile(0.999)))
         ax.hist(r.clamp(low, high).numpy(), bins=80, range=(low, high), density=True, alpha=0.6,
+                histtype="stepfilled",  # one polygon, not 80 patches: a third of the plot's cost
                 label="your output, standardised")
         grid = torch.linspace(low, high, 400, dtype=torch.float64)
         ax.plot(grid.numpy(), (torch.exp(-grid**2 / 2) / (2 * torch.pi) ** 0.5).numpy(), "k-", lw=1.5,
