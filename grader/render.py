@@ -222,9 +222,9 @@ def _notebook_errors(notebook, names: dict[int, str], by_count: dict[int, int]) 
             trace = output.get("traceback") or []
             trace = "\n".join(trace) if isinstance(trace, list) else str(trace)
             head = f"{output.get('ename', '')}: {output.get('evalue', '')}"
-            errors.append({"cell": names.get(index + 1, f"cell {index + 1}"),
-                           "error": wire.clean_text(_renamed(head, by_count), 500),
-                           "traceback": wire.clean_text(_renamed(trace, by_count), REPORT_ERROR_CHARS, keep="tail")})
+            errors.append({"cell": names.get(index + 1, f"cell {index + 1}"),  # cleaned of escapes, then renamed
+                           "error": _renamed(wire.clean_text(head, 500), by_count),
+                           "traceback": _renamed(wire.clean_text(trace, REPORT_ERROR_CHARS, keep="tail"), by_count)})
     return errors
 
 

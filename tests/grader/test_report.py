@@ -130,7 +130,7 @@ def test_cells_are_named_one_way() -> None:
     assert "In[2]" not in html and "In [2]" not in html  # IPython's execution count, renamed
     named = "cell 3 (&#39;x = 1 / 0&#39;)"
     cells, errors = html[html.index('id="cells"'):html.index('id="errors"')], html[html.index('id="errors"'):]
-    assert named in cells and named in errors and "cell 3, line 1" in errors
+    assert named in cells and named in errors and "cell 3, line 1" in errors and "Cell cell" not in errors
     assert "\x1b" not in html and "ZeroDivisionError: division by zero" in errors
 
 
