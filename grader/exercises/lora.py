@@ -162,17 +162,15 @@ def lora_scenario(ns, *args, step, **kwargs):
         originals = dict(model.named_modules())
         names = ns.inject_lora(model, targets, r, alpha)
         now = dict(model.named_modules())
-        g = torch.Generator().manual_seed(seed + 1)
-        outputs = {}
-        for name, kind, fan_in, _ in layers:
-            if kind == "linear" and isinstance(now.get(name), ns.LoRALinear):
-                x = torch.randn(3, fan_in, generator=g)
-                outputs[name] = {"lora": now[name](x), "base": originals[name](x)}
+        # Whether each new layer wraps the one it replaced: by identity, without calling LoRALinear's
+        # forward, so that inject_lora is graded whatever that forward does.
+        wraps = {name: any(m is originals[name] for m in now[name].modules())
+                 for name, kind, _, _ in layers if kind == "linear" and isinstance(now.get(name), ns.LoRALinear)}
         return {"names": names if isinstance(names, list) else repr(type(names)),
                 "adapted": sorted(n for n, m in now.items() if isinstance(m, ns.LoRALinear)),
                 "kept": sorted(n for n, _, _, _ in layers if now.get(n) is originals[n]),
                 "trainable": sorted(k for k, p in model.named_parameters() if p.requires_grad),
-                "outputs": outputs}
+                "wraps": wraps}
     adapt(model, kwargs["adapted"], r, alpha)
     g = torch.Generator().manual_seed(seed + 2)
     with torch.no_grad():
@@ -489,17 +487,10 @@ def judge_injected_layers(inputs: Inputs, outcome) -> None:
     kept = field(outcome, "kept")
     if [n for n in others if n not in kept]:
         raise Mismatch(f"layers that are not targets were replaced or removed: {[n for n in others if n not in kept]}")
-    for name, pair in field(outcome, "outputs").items():
-        lora, base = as_pair(pair, name)
-        if not torch.equal(lora, base):
-            raise Mismatch(f"the new {name} does not compute what the layer it replaced did (a fresh adapter must "
-                           "leave the output unchanged: wrap the existing layer, do not build a new one)")
-
-
-def as_pair(pair, name):
-    if not isinstance(pair, dict):
-        raise Mismatch(f"no output of {name}")
-    return (tensor_field(pair, "lora", f"the output of {name}"), tensor_field(pair, "base", f"the base output of {name}"))
+    unwrapped = sorted(name for name, wraps in field(outcome, "wraps").items() if wraps is not True)
+    if unwrapped:
+        raise Mismatch(f"the new {unwrapped[0]} does not wrap the nn.Linear it replaced: pass the existing layer "
+                       "(with its trained weights) to LoRALinear, do not build a new one")
 
 
 def judge_frozen(inputs: Inputs, outcome) -> None:

@@ -176,6 +176,19 @@ def inject_unsorted(model, target_modules, r, alpha=1.0):
     return names[::-1]  # the order they were replaced in, deepest-last walk undone
 
 
+def inject_new_layers(model, target_modules, r, alpha=1.0):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    names = [n for n, m in model.named_modules() if type(m) is nn.Linear
+             and any(n == t or n.endswith("." + t) for t in target_modules)]
+    for n in names:
+        parent_name, _, child = n.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        old = getattr(parent, child)  # a fresh layer of the same shape: the pretrained weights are lost
+        setattr(parent, child, ref.LoRALinear(nn.Linear(old.in_features, old.out_features), r, alpha))
+    return sorted(names)
+
+
 def state_dict_everything(model):
     return dict(model.state_dict())
 
@@ -210,6 +223,7 @@ BUGS = [
     Bug("top level only", "inject_lora", inject_top_level_only, "named_children: nested layers are missed"),
     Bug("no freeze", "inject_lora", inject_no_freeze, "the rest of the model is left trainable"),
     Bug("unsorted names", "inject_lora", inject_unsorted, "the names come back unsorted"),
+    Bug("new layers", "inject_lora", inject_new_layers, "wraps a fresh nn.Linear, losing the pretrained weights"),
     Bug("whole state dict", "lora_state_dict", state_dict_everything, "returns the base weights too"),
     Bug("only lora_A", "lora_state_dict", state_dict_only_A, "keeps only the lora_A tensors"),
     Bug("strict load", "load_lora_state_dict", load_strict, "load_state_dict(strict=True) fails on the base keys"),
