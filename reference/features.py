@@ -4,7 +4,7 @@ FID, KID and precision/recall compare two sets of images through a feature map �
 ℝᴰ. The literature uses Inception-v3's 2048-D pool features (Heusel et al. 2017), a 100 MB
 network trained on ImageNet, too slow for notebooks on a laptop and meaningless on 16 × 16
 grey-scale shapes. :class:`ShapesFeatures` plays its role here: a 3-layer CNN trained in this
-repository on ``datasets/shapes.py`` to recognise the shape class and regress the shape's
+repository on ``reference/shapes.py`` (the course's image set) to recognise the shape class and regress the shape's
 position, size and intensity, whose 32-D penultimate layer (taken before its ReLU, so no unit
 is constantly zero and the covariance has full rank), standardised by the mean and standard
 deviation it has on the training images (so that each feature is O(1), as the cubic kernel
@@ -37,7 +37,7 @@ WEIGHTS_PATH = Path(__file__).resolve().parent / "data" / "shapes_cnn.pt"
 WEIGHTS_SHA256 = "fd91a88b31ed0adc42b7c24d53fdf864973455cd85ed0cfd529336c8d97ef958"
 
 NUM_FEATURES = 32
-NUM_CLASSES = 5  # datasets/shapes.py's CLASSES
+NUM_CLASSES = 5  # reference/shapes.py's CLASSES
 NUM_REGRESSED = 4  # centre x, centre y, scale, intensity (each standardised)
 
 

@@ -1,7 +1,6 @@
 """Rebuild the FID exercise's feature extractor: ``python -m reference.train_features [--out PATH]``.
 
-Trains :class:`reference.features.ShapesFeatures` on images of ``datasets/shapes.py`` (run from a
-checkout: the image set is loaded by path) to predict each image's shape class (cross-entropy)
+Trains :class:`reference.features.ShapesFeatures` on images of :mod:`reference.shapes` to predict each image's shape class (cross-entropy)
 and its standardised centre, scale and intensity (squared error), then saves the weights and
 prints their SHA-256 (:func:`reference.features.weights_digest`) for ``WEIGHTS_SHA256``.
 
@@ -15,7 +14,6 @@ Takes ~30 s on one core. Prints the held-out accuracy (seen ≥ 0.97).
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import math
 from pathlib import Path
 
@@ -24,7 +22,6 @@ from torch import nn
 
 from reference.features import NUM_CLASSES, WEIGHTS_PATH, ShapesFeatures, weights_digest
 
-ROOT = Path(__file__).resolve().parents[1]
 
 #: Training set size and schedule: 20 000 images (4 000 per class), 1 500 Adam steps of 128
 #: (~10 epochs) reach ≥ 97 % held-out accuracy; more changes the features little.
@@ -32,10 +29,9 @@ TRAIN_SIZE, STEPS, BATCH, LR = 20_000, 1_500, 128, 2e-3
 
 
 def load_shapes_module():
-    spec = importlib.util.spec_from_file_location("shapes", ROOT / "datasets" / "shapes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from reference import shapes
+
+    return shapes
 
 
 def draw_targets(n: int, generator: torch.Generator):

@@ -15,9 +15,7 @@ One statistical check at level 1e-6: the submission's false-failure probability 
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import torch
 from hypothesis import strategies as st
@@ -42,6 +40,7 @@ from grader.checks import (
 from grader.exercises import Exercise
 from grader.stats import mean_z, product_z, variance_chi2
 from reference import latent_vae as ref
+from reference import shapes
 
 
 def vae_scenario(ns, *args, step, **kwargs):
@@ -319,11 +318,8 @@ TRAIN_STEPS, TRAIN_LR, TRAIN_KL, TRAIN_RATIO = 25, 2e-3, 1e-3, 0.7
 
 
 def _shapes(n: int, seed: int) -> torch.Tensor:
-    """The course's image set (datasets/shapes.py, loaded by path: the folder is not a package)."""
-    spec = importlib.util.spec_from_file_location("_course_shapes", Path(__file__).resolve().parents[2] / "datasets" / "shapes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.load_shapes(n, torch.Generator().manual_seed(seed))[0]
+    """The course's image set (reference.shapes: installed with the grader, unlike the course folder)."""
+    return shapes.load_shapes(n, torch.Generator().manual_seed(seed))[0]
 
 
 def build_train(case: dict, ctx: Context) -> Inputs:

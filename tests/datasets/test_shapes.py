@@ -1,4 +1,5 @@
-"""Tests of datasets/shapes.py: the course's small image set, drawn from a seed.
+"""Tests of reference/shapes.py (the course's small image set, drawn from a seed) through
+datasets/shapes.py, the course folder's door to it that notebooks load by path.
 
 What must hold for the notebooks and the FID exercise's feature extractor to rely on it:
 a seed fixes the images bit for bit (a checksum), the values and shapes are as documented,
@@ -25,6 +26,16 @@ _spec.loader.exec_module(shapes)
 
 def _draw(n: int = 64, seed: int = 0, size: int = 16):
     return shapes.load_shapes(n, torch.Generator().manual_seed(seed), size=size)
+
+
+def test_is_the_notebooks_door_the_installed_module():
+    """datasets/shapes.py runs reference/shapes.py's source: the grader (which imports the
+    installed module, not the course folder) and the notebooks draw the same images."""
+    from reference import shapes as installed
+
+    ours, theirs = _draw(), installed.load_shapes(64, torch.Generator().manual_seed(0))
+    assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+    assert shapes.CLASSES == installed.CLASSES
 
 
 def test_does_a_seed_fix_the_first_batch_bit_for_bit():
