@@ -17,13 +17,14 @@ import sys
 import time
 from pathlib import Path
 
-import nbformat
 import pytest
 
-from grader.exercises import load_exercise
 from grader.sandbox.kernel import GiB, Limits
 from grader.submit import SubmitOptions, grade_submission
-from grader.render import write_outputs
+from tests.hostile._notebooks import definitions as _definitions
+from tests.hostile._notebooks import grade
+from tests.hostile._notebooks import notebook as _notebook
+from tests.hostile._notebooks import replace as _replace
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
@@ -33,39 +34,9 @@ LIMITS = Limits(cell_timeout=4, call_timeout=2, batch_timeout=20, memory_bytes=2
 TIMEOUT = 240  # whole-submission budget
 
 
-def _definitions() -> list[str]:
-    """The solution's setup and definition cells, without plots, sanity cells or check() calls."""
-    nb = nbformat.read(ROOT / "solutions" / "q_sampler" / "q_sampler.ipynb", as_version=4)
-    graded = ("_extract",) + load_exercise("q_sampler").function_names
-    keep = []
-    for cell in nb.cells:
-        defines = cell.source.lstrip().startswith(tuple(f"def {name}(" for name in graded))
-        if cell.cell_type == "code" and (cell.get("id") == "setup" or defines):
-            keep.append("\n".join(line for line in cell.source.splitlines() if "SOLUTION" not in line))
-    return keep
-
-
-def _notebook(tmp_path: Path, cells: list[str]) -> Path:
-    folder = tmp_path / "q_sampler"
-    folder.mkdir()
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["grader"] = {"exercise": "q_sampler"}
-    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
-    nbformat.write(nb, folder / "q_sampler.ipynb")
-    return folder
-
-
 def _grade(folder: Path, limits: Limits = LIMITS):
-    started = time.monotonic()
-    out = folder / "feedback"
-    result, notebook = grade_submission(folder, SubmitOptions(timeout=TIMEOUT, limits=limits, out=out))
-    write_outputs(result, notebook, out)
-    return result, time.monotonic() - started
-
-
-def _replace(cells: list[str], function: str, body: str) -> list[str]:
-    """Replace the definition of ``function`` by ``body`` (a whole new definition)."""
-    return [body if c.lstrip().startswith(f"def {function}(") else c for c in cells]
+    graded = grade(folder, limits, TIMEOUT)
+    return graded.result, graded.seconds
 
 
 def _by_function(result) -> dict[str, list]:

@@ -29,11 +29,13 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from grader.exercises import load_exercise
-from grader.render import write_outputs
 from grader.sandbox import isolation
 from grader.sandbox.kernel import GiB, Limits, SandboxKernel
 from grader.submit import SubmitOptions, grade_submission
+from tests.hostile._notebooks import definitions as _definitions
+from tests.hostile._notebooks import grade
+from tests.hostile._notebooks import notebook as _notebook
+from tests.hostile._notebooks import replace as _replace
 
 ROOT = Path(__file__).resolve().parents[2]
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the walls are Linux's")
@@ -51,38 +53,8 @@ for policy in [o for o in gc.get_objects() if type(o).__name__ == 'Policy']:
 LIBC = "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
 
 
-def _definitions() -> list[str]:
-    """The q_sampler solution's setup and definition cells, without plots, sanity cells or check() calls."""
-    nb = nbformat.read(ROOT / "solutions" / "q_sampler" / "q_sampler.ipynb", as_version=4)
-    graded = ("_extract",) + load_exercise("q_sampler").function_names
-    keep = []
-    for cell in nb.cells:
-        defines = cell.source.lstrip().startswith(tuple(f"def {name}(" for name in graded))
-        if cell.cell_type == "code" and (cell.get("id") == "setup" or defines):
-            keep.append("\n".join(line for line in cell.source.splitlines() if "SOLUTION" not in line))
-    return keep
-
-
-def _replace(cells: list[str], function: str, body: str) -> list[str]:
-    return [body if c.lstrip().startswith(f"def {function}(") else c for c in cells]
-
-
-def _notebook(tmp_path: Path, cells: list[str], name: str = "q_sampler") -> Path:
-    folder = tmp_path / name
-    folder.mkdir(parents=True)
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["grader"] = {"exercise": "q_sampler"}
-    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
-    nbformat.write(nb, folder / "q_sampler.ipynb")
-    return folder
-
-
 def _grade(folder: Path, limits: Limits = LIMITS):
-    started = time.monotonic()
-    out = folder / "feedback"
-    result, notebook = grade_submission(folder, SubmitOptions(timeout=TIMEOUT, limits=limits, out=out))
-    write_outputs(result, notebook, out)
-    return result, notebook, time.monotonic() - started
+    return tuple(grade(folder, limits, TIMEOUT))
 
 
 def _outputs(notebook) -> str:
