@@ -187,9 +187,19 @@ def _start_tree(n: int) -> tuple[subprocess.Popen, int]:
     init = procs.namespace_init(shim.pid)
     assert init is not None
     deadline = time.monotonic() + 60
-    while len(watchdog.namespace_members(init)) < n + 2 and time.monotonic() < deadline:
+    # Ready when every process exists and the zombie leader's live thread has taken its name.
+    while (len(watchdog.namespace_members(init)) < n + 2 or not _named(ZOMBIE)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return shim, init
+
+
+def _gone(name: str, within: float = isolation.TEARDOWN_GRACE) -> bool:
+    """Are the processes named ``name`` gone within the grader's teardown grace? After the one kill,
+    Linux tears a namespace down by itself; 800 processes took up to 10.7 s on 2 loaded cores."""
+    deadline = time.monotonic() + within
+    while _named(name) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not _named(name)
 
 
 def _kill_and_time(shim: subprocess.Popen, init: int) -> float:
@@ -208,7 +218,7 @@ def test_killing_the_namespace_kills_orphans_and_zombie_leaders_at_once():
     assert _named(ZOMBIE), "the zombie leader's live thread should exist before the kill"
     seconds = _kill_and_time(shim, init)
     assert shim.returncode == -signal.SIGKILL  # the shim exits as its kernel did
-    assert not _named(ZOMBIE) and not _named(ORPHAN)
+    assert _gone(ZOMBIE) and _gone(ORPHAN)
     assert not [pid for pid in members if Path(f"/proc/{pid}").exists()]  # all gone, none even a zombie
     assert seconds < 5, seconds  # one signal; measured ~0.01 s for 40 processes
 
@@ -220,7 +230,7 @@ def test_800_orphans_die_in_one_kill():
     shim, init = _start_tree(800)
     assert len(watchdog.namespace_members(init)) >= 802
     seconds = _kill_and_time(shim, init)
-    assert not _named(ORPHAN)
+    assert _gone(ORPHAN)
     assert seconds < 5, seconds
 
 
