@@ -1,4 +1,4 @@
-"""Helpers shared by the tests: grade a namespace of functions in this process."""
+"""Helpers shared by the tests: grade a namespace of functions in this process; find processes by thread name."""
 
 from __future__ import annotations
 
@@ -35,3 +35,17 @@ def grade_namespace(exercise: str, namespace: dict, seed: int = 0, functions: se
     ctx = Context(InProcessRunner(dict(namespace)), torch.device(device), seed, ex.name)
     return [Graded(spec.name, check.function, verdict.passed, spec.points, verdict.output, verdict.details)
             for check, spec, verdict in run_checks(checks, ctx)]
+
+
+def named_processes(name: str) -> list[str]:
+    """Pids of processes with a thread called ``name`` (PR_SET_NAME), zombie leaders' live threads included."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                    if f.read().strip() == name:
+                        found.append(pid)
+        except OSError:
+            continue
+    return found

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from grader.sandbox import isolation, landlock, procs, watchdog
+from tests.helpers import named_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Linux walls")
@@ -165,18 +166,6 @@ _TREE = """
 ORPHAN, ZOMBIE = f"orphan-{os.getpid() % 10**6}", f"zombie-{os.getpid() % 10**6}"
 
 
-def _named(name: str) -> list[str]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                if Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() == name:
-                    found.append(pid)
-        except OSError:
-            continue
-    return found
-
-
 def _start_tree(n: int) -> tuple[subprocess.Popen, int]:
     shim = _python(_TREE, str(n), ORPHAN, ZOMBIE)
     line = json.loads(shim.stdout.readline())
@@ -188,7 +177,7 @@ def _start_tree(n: int) -> tuple[subprocess.Popen, int]:
     assert init is not None
     deadline = time.monotonic() + 60
     # Ready when every process exists and the zombie leader's live thread has taken its name.
-    while (len(watchdog.namespace_members(init)) < n + 2 or not _named(ZOMBIE)) and time.monotonic() < deadline:
+    while (len(watchdog.namespace_members(init)) < n + 2 or not named_processes(ZOMBIE)) and time.monotonic() < deadline:
         time.sleep(0.05)
     return shim, init
 
@@ -197,9 +186,9 @@ def _gone(name: str, within: float = isolation.TEARDOWN_GRACE) -> bool:
     """Are the processes named ``name`` gone within the grader's teardown grace? After the one kill,
     Linux tears a namespace down by itself; 800 processes took up to 10.7 s on 2 loaded cores."""
     deadline = time.monotonic() + within
-    while _named(name) and time.monotonic() < deadline:
+    while named_processes(name) and time.monotonic() < deadline:
         time.sleep(0.1)
-    return not _named(name)
+    return not named_processes(name)
 
 
 def _kill_and_time(shim: subprocess.Popen, init: int) -> float:
@@ -215,7 +204,7 @@ def test_killing_the_namespace_kills_orphans_and_zombie_leaders_at_once():
     shim, init = _start_tree(40)
     members = watchdog.namespace_members(init)
     assert len(members) >= 42, len(members)
-    assert _named(ZOMBIE), "the zombie leader's live thread should exist before the kill"
+    assert named_processes(ZOMBIE), "the zombie leader's live thread should exist before the kill"
     seconds = _kill_and_time(shim, init)
     assert shim.returncode == -signal.SIGKILL  # the shim exits as its kernel did
     assert _gone(ZOMBIE) and _gone(ORPHAN)

@@ -36,6 +36,7 @@ from tests.hostile._notebooks import definitions as _definitions
 from tests.hostile._notebooks import grade
 from tests.hostile._notebooks import notebook as _notebook
 from tests.hostile._notebooks import replace as _replace
+from tests.helpers import named_processes
 
 ROOT = Path(__file__).resolve().parents[2]
 linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the walls are Linux's")
@@ -59,19 +60,6 @@ def _grade(folder: Path, limits: Limits = LIMITS):
 
 def _outputs(notebook) -> str:
     return json.dumps([c.get("outputs", []) for c in notebook.cells])
-
-
-def _named(name: str) -> list[str]:
-    """Processes with a thread called ``name`` (PR_SET_NAME), zombie leaders' live threads included."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            for tid in os.listdir(f"/proc/{pid}/task"):
-                if Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip() == name:
-                    found.append(pid)
-        except OSError:
-            continue
-    return found
 
 
 def _walls_in_force(result) -> None:
@@ -272,7 +260,7 @@ ORPHAN = f"orphan-{os.getpid() % 10**6}"
 def _assert_nothing_forged(path: Path, expected: str, seconds: float = 3.0) -> None:
     time.sleep(seconds)  # the forger writes every 50 ms: this is 60 chances
     assert path.read_text() == expected
-    assert not _named(FORGER)
+    assert not named_processes(FORGER)
 
 
 @linux
@@ -343,13 +331,13 @@ print('forked')
     try:
         runs = kernel.run_notebook(nb, time.monotonic() + 200)
         assert runs[0].status == "ok", runs[0].error
-        assert len(_named(ORPHAN)) >= 700
+        assert len(named_processes(ORPHAN)) >= 700
     finally:
         started = time.monotonic()
         kernel.close()
         seconds = time.monotonic() - started
     assert isolation.complete(kernel.walls.isolation), kernel.walls.isolation
-    assert not _named(ORPHAN)
+    assert not named_processes(ORPHAN)
     # One kill; what remains is Linux tearing down 800 copies of a torch kernel: 10.7 s measured at load 7
     # on 2 cores (0.27 s for 800 small processes, tests/grader/test_confinement.py); killed one at a time
     # (issue 9) the same took 800 × ~50 ms on top.
