@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from hypothesis import strategies as st
 
-from grader.checks import Context, Tolerance
+from grader.checks import Battery, Context, Tolerance
 from reference.q_sampler import compute_alphas_cumprod, cosine_beta_schedule, linear_beta_schedule
 
 __all__ = [
@@ -139,3 +139,18 @@ def case_tensors(case: dict, ctx: Context) -> dict:
         "schedule_dtype": schedule_dtype,
     }
 
+
+#: The battery of a sampler's law check on 16-coordinate Gaussian data, two calls side by side:
+#: per call the pooled mean z, the χ² of the squared residuals and the χ² of the 16 per-coordinate
+#: mean z's; across the two calls, three correlation tests. Nine tests share the check's level 1e-6.
+SAMPLER_LAW = {
+    "battery": Battery(per_call=("mean", "variance", "coordinate means"), between_calls=True, batch="joint",
+                       coordinates="joint"),
+    "alpha": 1e-6,
+    "derivation": (
+        "nine tests at 1.1e-7 each (Bonferroni): per call, the pooled mean z (exactly N(0, 1)), the χ² of the "
+        "squared residuals (exactly χ²(65,536)) and the χ² of the 16 per-coordinate mean z's (exactly χ²(16)); "
+        "across the two calls, three correlation tests (between calls, between batch elements, between "
+        "coordinates: Chernoff bounds)"
+    ),
+}

@@ -23,10 +23,10 @@ import warnings
 import torch
 from hypothesis import strategies as st
 
-from grader.checks import (Agreement, Aspect, Battery, Context, DEFAULT_TOLERANCE, Diagnosis, Inputs, Law, LawDraw,
+from grader.checks import (Agreement, Aspect, Context, DEFAULT_TOLERANCE, Diagnosis, Inputs, Law, LawDraw,
                             Mismatch, ModelCalls, Property, Reproducible, Sample, Tolerance, output_aspect, seeded_runs)
 from grader.exercises import Exercise
-from grader.exercises._common import DTYPES, SCHEDULE_TOLERANCE, data_shapes, gaussian, horizons, schedule_betas, schedule_note
+from grader.exercises._common import DTYPES, SCHEDULE_TOLERANCE, data_shapes, gaussian, horizons, schedule_betas, schedule_note, SAMPLER_LAW
 from reference import cfg as ref
 from reference import laws
 from reference.ddim import ddim_timesteps
@@ -510,14 +510,6 @@ def _build_generator(case: dict, ctx: Context) -> Inputs:
 #: negative prompt, the other class, as uncond): 65,536 standardised residuals each.
 LAW_BATCH = 4096
 LAW_STEPS = 10
-LAW_ALPHA = 1e-6
-LAW_BATTERY = Battery(per_call=("mean", "variance", "coordinate means"), between_calls=True, batch="joint",
-                      coordinates="joint")
-LAW_DERIVATION = (
-    "nine tests at 1.1e-7 each (Bonferroni): per call, the pooled mean z (exactly N(0, 1)), the χ² of the squared "
-    "residuals (exactly χ²(65,536)) and the χ² of the 16 per-coordinate mean z's (exactly χ²(16)); across the calls, "
-    "three correlation tests (between calls, between batch elements, between coordinates: Chernoff bounds)"
-)
 
 
 def _law_toy() -> ClassConditionalGaussians:
@@ -630,7 +622,7 @@ EXERCISE = Exercise(
                                         dtype=lambda i: torch.get_default_dtype(), device=lambda i: i.kwargs[
                                             "generator"]["device"], items=REPRODUCIBLE.first))),
         Law(function="cfg_sample", name="with x_T drawn, the samples follow the exact law of guided DDIM",
-            draw=law_draw, battery=LAW_BATTERY, alpha=LAW_ALPHA, derivation=LAW_DERIVATION, points=2,
+            draw=law_draw, **SAMPLER_LAW, points=2,
             mistakes=(Diagnosis(_law_with(1.0), AROUND_COND_HINT),)),
     ),
 )

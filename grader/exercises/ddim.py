@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from hypothesis import strategies as st
 
-from grader.checks import (Agreement, Aspect, Battery, Context, Diagnosis, Inputs, Law, LawDraw, Mismatch, ModelCalls,
+from grader.checks import (Agreement, Aspect, Context, Diagnosis, Inputs, Law, LawDraw, Mismatch, ModelCalls,
                            Property, Reproducible, Sample, Tolerance, as_tensor, compare, output_aspect)
 from grader.exercises import Exercise
 from grader.exercises._common import (DTYPES, SCHEDULE_TOLERANCE, data_shapes, dtypes, gaussian, gaussian_params, horizons,
-                                      schedule_alphas_cumprod, schedule_note, schedules, seeds)
+                                      schedule_alphas_cumprod, schedule_note, schedules, seeds, SAMPLER_LAW)
 from reference import ddim as ref
 from reference import laws
 from reference.laws import alpha_bar
@@ -501,17 +501,7 @@ LAW_MEAN = torch.tensor([1.5, -1.0, 0.5, -0.25, 2.0, 0.0, -1.5, 1.0, -0.5, 0.25,
 LAW_VAR = 10 ** torch.linspace(-4.0, 0.5, 16, dtype=torch.float64)
 
 LAW_BATCH = 4096  # × 16 coordinates = 65,536 standardised residuals per call
-LAW_ALPHA = 1e-6
-#: Per call the pooled mean z, the χ² of the squared residuals and the χ² of the 16
-#: per-coordinate mean z's; across the two calls (side by side), three correlation tests.
-LAW_BATTERY = Battery(per_call=("mean", "variance", "coordinate means"), between_calls=True, batch="joint",
-                      coordinates="joint")
-LAW_DERIVATION = (
-    "nine tests at 1.1e-7 each (Bonferroni): per call, the pooled mean z (exactly N(0, 1)), the χ² of the squared "
-    "residuals (exactly χ²(65,536)) and the χ² of the 16 per-coordinate mean z's (exactly χ²(16)); across the two "
-    "calls, three correlation tests (between calls, between batch elements, between coordinates: Chernoff bounds)"
-)
-LAW = {"battery": LAW_BATTERY, "alpha": LAW_ALPHA, "derivation": LAW_DERIVATION}
+LAW = SAMPLER_LAW
 LAW_NOTES = {"eps_model": "the optimal ε-model of Gaussian data N(μ, diag(s²)), 16 coordinates, s² from 1e-4 to 3",
              "alphas_cumprod": "linear schedule, T = 1000 (float64)"}
 
