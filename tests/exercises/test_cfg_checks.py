@@ -6,15 +6,10 @@
   margins the declaration states;
 * the law check's statistics are their null distributions for correct samplers, over many seeds;
 * a sampler that guides around the conditional branch fails the law check and is named;
-* ``grade submit`` gives the solution notebook full marks and the student notebook none.
+* the solution notebook gets full marks through the sandbox, the student notebook none.
 """
 
 from __future__ import annotations
-
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -25,8 +20,7 @@ from grader.exercises import cfg as ex
 from grader.runner import InProcessRunner
 from reference import cfg as ref
 from tests.catalogue import cfg as catalogue
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import assert_solution_full_stub_zero
 
 #: The level of each Kolmogorov–Smirnov test below (fixed seeds: the chance that they make a
 #: correct check fail), 3 groups of statistics at 1e-3 each.
@@ -146,14 +140,5 @@ def test_law_check_names_guidance_around_the_conditional_branch():
 
 @pytest.mark.slow
 def test_grade_submit_gives_the_solution_full_marks_and_the_stub_none(tmp_path):
-    """Does `grade submit` run both notebooks end to end: solutions/cfg 31/31, exercises/cfg 0/31?"""
-    scores = {}
-    for where in ("solutions", "exercises"):
-        out = tmp_path / where
-        done = subprocess.run([sys.executable, "-m", "grader", "submit", str(ROOT / where / "cfg"), "--out", str(out)],
-                              capture_output=True, text=True, timeout=900)
-        assert done.returncode in (0, 1), done.stderr
-        results = json.loads((out / "results.json").read_text())
-        scores[where] = (results["score"], results["extra_data"]["max_score"])
-    assert scores["solutions"] == (31.0, 31.0), scores
-    assert scores["exercises"][0] == 0.0, scores
+    """solutions/cfg 31/31 through the sandboxed kernel, exercises/cfg 0/31 (tests.helpers)."""
+    assert_solution_full_stub_zero("cfg", 31, tmp_path)

@@ -7,14 +7,12 @@
 * both kinds of input are sent: a function that accepts only tensors, or only numpy arrays, fails;
 * every scalar kind a student may return is accepted (float, numpy float, 0-d or one-element
   tensor), and anything else is one clear sentence;
-* grade submit end to end: the solution gets full marks, the generated notebook 0.
+* end to end: the solution gets full marks through the sandbox, the generated notebook 0 (tests.helpers).
 """
 
 from __future__ import annotations
 
-import shutil
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,9 +25,7 @@ from grader.exercises import fid as ex
 from grader.runner import InProcessRunner
 from reference import fid as ref
 from tests.catalogue import fid as catalogue
-from tests.helpers import grade_namespace
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.helpers import assert_solution_full_stub_zero, grade_namespace
 
 
 def _ctx() -> Context:
@@ -118,25 +114,6 @@ def test_a_known_mistake_is_named():
     assert "Hint: your KID keeps the terms k(xᵢ, xᵢ)" in graded[0].output
 
 
-def _grade(tmp_path: Path, source: str):
-    from grader.submit import SubmitOptions, grade_submission
-
-    folder = tmp_path / source / "fid"
-    folder.mkdir(parents=True)
-    shutil.copy(ROOT / source / "fid" / "fid.ipynb", folder)
-    result, _ = grade_submission(folder, SubmitOptions(device="cpu", timeout=300.0))
-    return result
-
-
 @pytest.mark.slow
-def test_solution_gets_full_marks(tmp_path):
-    result = _grade(tmp_path, "solutions")
-    assert not [(t.name, t.output) for t in result.tests if not t.passed]
-    assert result.score == result.max_score == 15
-
-
-@pytest.mark.slow
-def test_stub_gets_zero_and_says_not_implemented(tmp_path):
-    result = _grade(tmp_path, "exercises")
-    graded = [t for t in result.tests if t.max_score > 0]
-    assert result.score == 0 and graded and all("not implemented" in t.output for t in graded)
+def test_grade_submit_gives_the_solution_full_marks_and_the_stub_zero(tmp_path):
+    assert_solution_full_stub_zero("fid", 15, tmp_path, timeout=300.0)

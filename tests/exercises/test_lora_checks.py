@@ -12,9 +12,6 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import pytest
 import torch
 
@@ -22,10 +19,10 @@ from grader.checks import Context, ReferenceNamespace
 from grader.checks.property import draw_cases
 from grader.exercises import lora as ex
 from grader.runner import InProcessRunner
-from grader.submit import SubmitOptions, grade_submission
 from grader.sandbox import models, wire
 from reference import lora as ref
 from tests.catalogue import lora as catalogue
+from tests.helpers import assert_solution_full_stub_zero
 
 
 def _play(namespace: dict, inputs, step: str, seed: int = 0) -> dict:
@@ -136,20 +133,7 @@ def test_inject_example_holds_every_kind_of_trap():
     assert kinds["mlp.to_q"] == "norm" and "blocks.0.attn.to_qk" in kinds and "blocks.1.attn.proj_in" in kinds
 
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize("source, full", [("solutions", True), ("exercises", False)])
-def test_grade_submit_gives_the_solution_full_marks_and_the_stub_zero(source, full, tmp_path):
-    """Through the sandboxed kernel: measured 26/26 and 0/26 (about 75 s each on the loaded 2-core machine)."""
-    folder = tmp_path / source / "lora"
-    folder.mkdir(parents=True)
-    shutil.copy(ROOT / source / "lora" / "lora.ipynb", folder)
-    result, _ = grade_submission(folder, SubmitOptions(device="cpu", timeout=600.0))
-    if full:
-        assert [(t.name, t.output) for t in result.tests if not t.passed] == []
-        assert result.score == result.max_score == 26
-    else:
-        graded = [t for t in result.tests if t.max_score > 0]
-        assert result.score == 0 and all("not implemented" in t.output for t in graded)
+def test_grade_submit_gives_the_solution_full_marks_and_the_stub_zero(tmp_path):
+    """26/26 through the sandboxed kernel (about 75 s on the loaded 2-core machine), the stub 0 (tests.helpers)."""
+    assert_solution_full_stub_zero("lora", 26, tmp_path, timeout=600.0)
