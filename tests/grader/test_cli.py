@@ -106,8 +106,7 @@ def test_sizes(text, expected):
     assert parse_size(text) == expected
 
 
-@pytest.mark.slow  # a fresh interpreter importing torch: 3.7 s idle, 17 s on a loaded 2-core machine
-def test_module_entry_point_and_version():
+def test_module_entry_point_and_version():  # a fresh interpreter without torch: ~0.1 s
     """Does `python -m grader --version` work (the console script's twin)?"""
     out = subprocess.run([sys.executable, "-m", "grader", "--version"], capture_output=True, text=True, check=True)
     assert out.stdout.startswith("grade ")
@@ -143,3 +142,87 @@ def test_exit_statuses_are_documented():
     assert "``grade batch``: 0 when every notebook was graded" in doc and "130 when interrupted" in doc
     for status in ("0 when", "1 when", "2 when"):
         assert status in doc
+
+
+#: The CLI's fast paths: each must not import these (each costs 0.2-2.5 s before anything is checked).
+HEAVY = ("torch", "scipy", "nbclient", "jinja2", "matplotlib", "hypothesis", "rfc3987_syntax")
+
+FAST_PATHS = """
+import json, sys
+from grader.cli import main
+codes = []
+for argv in ARGVS:
+    try:
+        codes.append(main(argv))
+    except SystemExit as exc:  # --help and argparse's errors exit
+        codes.append(exc.code)
+print(json.dumps({"codes": codes, "heavy": sorted(m for m in HEAVY if sys.modules.get(m) is not None)}))
+"""
+
+
+def _fast_paths(tmp_path, argvs):
+    unknown = tmp_path / "homework7"
+    unknown.mkdir(exist_ok=True)
+    nbformat.write(nbformat.v4.new_notebook(), unknown / "homework7.ipynb")
+    (tmp_path / "answers.py").write_text("print(1)")
+    script = FAST_PATHS.replace("ARGVS", repr(argvs)).replace("HEAVY", repr(HEAVY))
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[2])
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_fast_paths_import_nothing_heavy(tmp_path):
+    """Do grade list, --help and every bad-input error finish without importing torch, scipy, nbclient, ...?
+
+    One fresh interpreter runs them all in turn, so one import anywhere shows in sys.modules at the end.
+    Seen failing before the light index (grade list imported every declaration, so torch).
+    """
+    solution = str(Path(__file__).resolve().parents[2] / "solutions" / "ddim")
+    argvs = [["list"], ["--help"], ["--version"], ["submit", "--help"], ["batch", "--help"],
+             ["submit", str(tmp_path / "nope.ipynb")], ["submit", str(tmp_path / "answers.py")],
+             ["submit", str(tmp_path / "homework7")], ["submit", solution, "--exercise", "nope"],
+             ["submit", solution, "--seed", "abc"], ["submit", solution, "--timeout", "-5"]]
+    seen = _fast_paths(tmp_path, argvs)
+    assert seen["codes"] == [0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2], seen
+    assert seen["heavy"] == [], f"the fast paths imported {seen['heavy']}"
+
+
+def test_light_index_matches_every_declaration():
+    """Is what grade list reads from each declaration's source what importing it gives (every exercise module)?"""
+    from grader.exercises import _literal_index, describe_exercise, exercise_names, load_exercise
+
+    assert len(exercise_names()) >= 9
+    for name in exercise_names():
+        assert _literal_index(name) is not None, f"{name}.py: EXERCISE's name/title/functions are not literals"
+        index, exercise = describe_exercise(name), load_exercise(name)
+        assert (index.name, index.title, index.functions) == (exercise.name, exercise.title, exercise.functions)
+
+
+def test_restated_constants_agree():
+    """Do the CLI's restated default seed and release folder agree with grader.submit's and grader.release's?"""
+    import grader.cli
+    import grader.release
+    import grader.submit
+
+    assert grader.cli.DEFAULT_SEED == grader.submit.DEFAULT_SEED
+    assert grader.cli.RELEASED == grader.release.RELEASED
+
+
+def test_precheck_names_the_exercise_like_load_submission(tmp_path):
+    """Does the CLI's early check name the same exercise as load_submission (flag, stamp, folder)?"""
+    from grader.cli import _precheck
+    from grader.errors import UnknownExercise
+    from grader.load import load_submission
+
+    root = Path(__file__).resolve().parents[2]
+    stamped = tmp_path / "someone"
+    stamped.mkdir()
+    notebook = nbformat.read(root / "exercises" / "ddim" / "ddim.ipynb", as_version=4)
+    nbformat.write(notebook, stamped / "mine.ipynb")
+    unstamped = tmp_path / "q_sampler"
+    unstamped.mkdir()
+    nbformat.write(nbformat.v4.new_notebook(), unstamped / "x.ipynb")
+    for path, flag in [(stamped, None), (stamped, "elbo"), (unstamped, None), (root / "solutions" / "lora", None)]:
+        assert _precheck(path, flag) == load_submission(path, flag).path
+    with pytest.raises(UnknownExercise):
+        _precheck(unstamped, "nope")
