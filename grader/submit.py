@@ -7,27 +7,28 @@ it returns the results and the executed notebook and writes nothing (see
 
 from __future__ import annotations
 
-import copy
+import importlib.util
+import shutil
 import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-
-import nbformat
-import torch
+from typing import TYPE_CHECKING
 
 from grader._version import __version__
-from grader.checks import Check, Context, Verdict
 from grader.errors import UsageError
-from grader.exercises import Exercise, load_exercise
-from grader.load import Submission, load_submission
 from grader.results import GradingResult, TestResult
-from grader.runner import KernelRunner
-from grader.sandbox import wire
 from grader.sandbox.kernel import CellRun, Limits, SandboxKernel
 
-__all__ = ["DEFAULT_SEED", "SubmitOptions", "grade_submission", "resolve_device", "run_checks"]
+if TYPE_CHECKING:  # imported when grading, not when this module loads: the kernel boots meanwhile
+    import nbformat
+    import torch
+
+    from grader.checks import Check, Context
+    from grader.exercises import Exercise
+
+__all__ = ["DEFAULT_SEED", "Grading", "SubmitOptions", "grade_submission", "resolve_device", "run_checks"]
 
 #: The seed used when none is given: the same submission always gets the same grade.
 DEFAULT_SEED = 2024
@@ -59,6 +60,8 @@ class SubmitOptions:
 
 def resolve_device(name: str) -> torch.device:
     """``cpu``, ``cuda`` or ``auto``; :class:`UsageError` for CUDA without a GPU."""
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
@@ -68,17 +71,16 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _forbidden_dirs(submission: Submission, out: Path | None, workdir: Path) -> list[Path]:
+def _forbidden_dirs(notebook: Path, out: Path | None, workdir: Path) -> list[Path]:
     """What the kernel may neither read nor write: answers, hidden checks, feedback, the original."""
-    import reference
-
+    spec = importlib.util.find_spec("reference")  # where it is, without importing it (and torch)
     grader_dir = Path(__file__).resolve().parent
     candidates = [
-        Path(reference.__file__).resolve().parent,
+        Path(next(iter(spec.submodule_search_locations))).resolve(),
         grader_dir / "exercises",
         grader_dir / "checks",
         grader_dir.parent / "solutions",
-        submission.path.resolve(),
+        notebook.resolve(),
     ]
     if out is not None:
         candidates.append(out.resolve())
@@ -89,6 +91,9 @@ def _forbidden_dirs(submission: Submission, out: Path | None, workdir: Path) -> 
 
 def run_checks(checks: tuple[Check, ...], ctx: Context, deadline: float | None = None) -> list[tuple]:
     """Run every check; ``[(check, TestSpec, Verdict)]`` in order, whatever the checks raise."""
+    from grader.checks import Verdict
+    from grader.sandbox import wire
+
     rows = []
     for check in checks:
         specs = check.tests()
@@ -129,6 +134,8 @@ def to_results(
             spec.points if verdict.passed else 0.0, spec.points, verdict.output, verdict.details,
         ))
     tests = [_sanitised(test) for test in tests]
+    from grader.sandbox import wire
+
     cells = [{"cell": r.index + 1, "status": r.status, "error": wire.clean_text(r.error, 500)} for r in runs]
     return GradingResult(exercise.name, str(submission_path), tests, options.seed, str(device), __version__,
                          seconds, cells)
@@ -148,6 +155,8 @@ def _sanitised(test: TestResult) -> TestResult:
     came from the kernel were cleaned as they arrived, but a check may quote a submission's
     strings (a returned string, a cell's source) in its own words.
     """
+    from grader.sandbox import wire
+
     budget = [DETAILS_CHARS]
 
     def clean(value, depth=0):
@@ -171,32 +180,110 @@ def _sanitised(test: TestResult) -> TestResult:
     return test
 
 
+class Grading:
+    """One submission on its way through the pipeline; use as a context manager.
+
+    Made first, before anything heavy is imported: it finds the notebook, stages a
+    fresh working folder and *launches* the sandboxed kernel (fresh namespaces,
+    limits, torch pre-imported, the walls raised once ipykernel has bound its
+    sockets), which boots while :meth:`run_notebook` loads the notebook, the
+    exercise, torch and nbclient here. Then :meth:`run_notebook` executes the
+    notebook and :meth:`check` runs the checks and ends the kernel's whole tree.
+    Each kernel serves exactly this one submission.
+
+    ``grade batch`` keeps the grader's imports across submissions and makes the
+    next submission's :class:`Grading` (launching its kernel) while this one is
+    checked (:mod:`grader.batch`).
+
+    Raises (from the constructor or :meth:`run_notebook`):
+        SubmissionError: the input cannot be graded (exit status 2).
+        UsageError: impossible options (exit status 2).
+        KernelError: the sandbox could not start (exit status 2).
+    """
+
+    def __init__(self, path: Path | str, options: SubmitOptions = SubmitOptions()) -> None:
+        from grader.load import find_notebook
+
+        self.options = options
+        self.started = time.monotonic()
+        self.deadline = self.started + options.timeout
+        self.notebook_path = find_notebook(Path(path))
+        self.folder = Path(tempfile.mkdtemp(prefix="grader-stage-"))
+        self.kernel: SandboxKernel | None = None
+        self.runs: list[CellRun] | None = None
+        try:
+            self.kernel = SandboxKernel(self.folder, options.limits,
+                                        _forbidden_dirs(self.notebook_path, options.out, self.folder))
+            self.kernel.launch()
+        except BaseException:
+            self.close()
+            raise
+
+    def __enter__(self) -> "Grading":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def run_notebook(self) -> list[CellRun]:
+        """Load and validate the notebook and its exercise, wait for the kernel, run every cell."""
+        from grader.exercises import load_exercise
+        from grader.load import load_submission
+
+        import nbformat
+
+        self.submission = load_submission(self.notebook_path, exercise=self.options.exercise)
+        self.exercise = load_exercise(self.submission.exercise)
+        self.device = resolve_device(self.options.device)
+        self.checks = self.exercise.all_checks()
+        self.notebook = self.submission.notebook  # executed in place: the original file is never written
+        nbformat.write(self.notebook, self.folder / "submission.ipynb")
+        self.kernel.start()
+        self.isolation = _check_isolation(self.kernel.walls.isolation, self.options.require_isolation)
+        self.runs = self.kernel.run_notebook(self.notebook, self.deadline)
+        return self.runs
+
+    def check(self) -> tuple[GradingResult, nbformat.NotebookNode]:
+        """Run every check against the kernel, then end its tree; the results and the executed notebook."""
+        from grader.checks import Context
+        from grader.runner import KernelRunner
+
+        if self.runs is None:
+            self.run_notebook()
+        try:
+            ctx = Context(KernelRunner(self.kernel, self.deadline), self.device, self.options.seed, self.exercise.name)
+            rows = run_checks(self.checks, ctx, self.deadline)
+        finally:
+            self.close()  # the kernel's tree is gone before any result is made
+        result = to_results(self.exercise, rows, self.runs, self.notebook, self.submission.path, self.options,
+                            self.device, time.monotonic() - self.started)
+        result.isolation = self.isolation
+        return result, self.notebook
+
+    def close(self) -> None:
+        """Kill the kernel's whole tree and remove the working folder (idempotent)."""
+        kernel, self.kernel = self.kernel, None
+        try:
+            if kernel is not None:
+                kernel.close()
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def grade_submission(path: Path | str, options: SubmitOptions = SubmitOptions()) -> tuple[GradingResult, nbformat.NotebookNode]:
     """Grade the notebook at ``path``; the results and the executed notebook.
+
+    The kernel is launched first and boots while the grader loads the notebook,
+    the exercise and torch (:class:`Grading`).
 
     Raises:
         SubmissionError: the input cannot be graded (exit status 2).
         UsageError: impossible options (exit status 2).
         KernelError: the sandbox could not start (exit status 2).
     """
-    started = time.monotonic()
-    deadline = started + options.timeout
-    submission = load_submission(path, exercise=options.exercise)
-    exercise = load_exercise(submission.exercise)
-    device = resolve_device(options.device)
-    notebook = copy.deepcopy(submission.notebook)
-    with tempfile.TemporaryDirectory(prefix="grader-stage-") as folder:
-        workdir = Path(folder)
-        nbformat.write(notebook, workdir / "submission.ipynb")
-        forbidden = _forbidden_dirs(submission, options.out, workdir)
-        with SandboxKernel(workdir, options.limits, forbidden) as kernel:
-            isolation = _check_isolation(kernel.walls.isolation, options.require_isolation)
-            runs = kernel.run_notebook(notebook, deadline)
-            ctx = Context(KernelRunner(kernel, deadline), device, options.seed, exercise.name)
-            rows = run_checks(exercise.all_checks(), ctx, deadline)
-    result = to_results(exercise, rows, runs, notebook, submission.path, options, device, time.monotonic() - started)
-    result.isolation = isolation
-    return result, notebook
+    with Grading(path, options) as grading:
+        grading.run_notebook()
+        return grading.check()
 
 
 def _check_isolation(isolation: dict, required: bool) -> dict:

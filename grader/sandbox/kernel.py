@@ -30,20 +30,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from queue import Empty
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import nbformat
 import zmq
 import zmq.asyncio
 from jupyter_client import AsyncKernelManager
 from jupyter_client.kernelspec import KernelSpec
 from jupyter_core.utils import run_sync
-from nbclient import NotebookClient
-from nbclient.exceptions import DeadKernelError
 
 from grader.errors import GraderError
-from grader.sandbox import isolation, procs, wire
-from grader.sandbox.worker import OUTCOME_MIME
+from grader.sandbox import isolation, procs
+from grader.sandbox.constants import MAX_OUTCOME_BYTES, OUTCOME_MIME
+
+if TYPE_CHECKING:
+    import nbformat
 
 __all__ = ["CellRun", "KernelError", "Limits", "SandboxKernel"]
 
@@ -53,9 +53,9 @@ GiB = 1024**3
 #: bigger one is dropped by ZeroMQ before the grader parses it). One outcome of the largest size
 #: the grader reads back (:data:`grader.sandbox.wire.MAX_OUTCOME_BYTES`) in base64, with room for
 #: the JSON around it; a notebook's outputs are cut far below this anyway (``Limits.output_bytes``).
-MAX_MESSAGE_BYTES = 2 * wire.MAX_OUTCOME_BYTES
+MAX_MESSAGE_BYTES = 2 * MAX_OUTCOME_BYTES
 #: The most outcome bytes (torch.save form) one batch may send back: what the grader holds at once.
-MAX_BATCH_BYTES = 4 * wire.MAX_OUTCOME_BYTES
+MAX_BATCH_BYTES = 4 * MAX_OUTCOME_BYTES
 #: Seconds the grader keeps reading IOPub after the kernel's reply, for the outcomes published
 #: before it (they come through another socket, so they may trail the reply). They are sent before
 #: the reply, so they are normally in hand within milliseconds; 2 s covers a loaded machine, and a
@@ -145,56 +145,8 @@ class _State:
     broken: str = ""  # why the kernel is beyond restarting, once it is
 
 
-class _CappedClient(NotebookClient):
-    """nbclient with caps on the output each cell, and the whole notebook, may keep.
-
-    Every IOPub message of a cell counts (not only outputs: a display update or a comm message
-    carries data too, and nbclient would store it); once a cap is reached the rest is dropped
-    with a note. Errors always pass, cut to a few lines, so that a failing cell is still seen.
-    """
-
-    output_limit: int = 200_000
-    #: The whole notebook's outputs: 25 cells at the per-cell cap (the course's notebooks show a
-    #: dozen plots of about 50 kB each), so that many small floods cannot add up to a huge file.
-    total_cells: int = 25
-
-    def process_message(self, msg, cell, cell_index):  # noqa: D401 -- nbclient's hook
-        msg_type = msg.get("msg_type") or msg.get("header", {}).get("msg_type")
-        if msg_type in ("status", "execute_input"):
-            return super().process_message(msg, cell, cell_index)
-        if msg_type == "error":
-            msg["content"] = _short_error(msg.get("content", {}))
-            return super().process_message(msg, cell, cell_index)
-        size = len(json.dumps(msg.get("content", {}), default=str))
-        used, total = self._used.get(cell_index, 0), getattr(self, "_total", 0)  # _total outlives restarts
-        self._used[cell_index], self._total = used + size, total + size
-        if used + size > self.output_limit or total + size > self.output_limit * self.total_cells:
-            if cell_index not in self._cut:
-                self._cut.add(cell_index)
-                which = (f"{self.output_limit:,} bytes" if used + size > self.output_limit
-                         else f"{self.output_limit * self.total_cells:,} bytes in the whole notebook")
-                cell.setdefault("outputs", []).append(nbformat.v4.new_output(
-                    "stream", name="stderr", text=f"\n[output cut by the grader after {which}]\n"))
-            return None
-        return super().process_message(msg, cell, cell_index)
-
-    def reset_execution_trackers(self) -> None:
-        super().reset_execution_trackers()
-        self._used: dict[int, int] = {}
-        self._cut: set[int] = set()
-        self.timed_out = False
-
-    async def _async_handle_timeout(self, timeout, cell=None):
-        self.timed_out = True  # whatever the kernel answers after the interrupt, this cell timed out
-        return await super()._async_handle_timeout(timeout, cell)
-
-
-def _short_error(content: dict) -> dict:
-    """An error message's content with its name, value and traceback cut to a readable size."""
-    lines = content.get("traceback", [])
-    lines = [str(line)[:2000] for line in lines[-60:]] if isinstance(lines, list) else []
-    return {**content, "ename": str(content.get("ename", "Error"))[:200],
-            "evalue": str(content.get("evalue", ""))[:2000], "traceback": lines}
+#: Process ids of the kernels (their shims) that this process launched and has not yet killed.
+_LIVE: set[int] = set()
 
 
 class SandboxKernel:
@@ -219,7 +171,7 @@ class SandboxKernel:
         self._deadline = float("inf")  # the submission's, set by run_notebook and call; bounds restarts too
         self._known_children: set[int] = set()
         self.km: AsyncKernelManager | None = None
-        self.client: _CappedClient | None = None
+        self.client = None  # grader.sandbox.cells._CappedClient, once started
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -260,15 +212,39 @@ class SandboxKernel:
         env.update(self._env)
         return env
 
-    def start(self) -> None:
+    def launch(self) -> "SandboxKernel":
+        """Start the kernel's process and return at once, without waiting for it to answer.
+
+        The kernel boots (Python, torch, ipykernel, the walls) while the caller does other
+        work — ``grade submit`` imports torch and the exercise, a ``grade batch`` slot checks
+        the previous submission — and :meth:`start` then waits until it answers. Needs
+        neither nbclient nor torch in this process. Idempotent.
+        """
+        if self.km is not None:
+            return self
         procs.become_subreaper()
         self._known_children = procs.children(os.getpid())
         # IPC sockets in the private folder: no TCP port for other local users to reach.
         self.km = _Manager(transport="ipc", ip=str(self._private / "kernel"), log=_QUIET)
         self.km._kernel_spec = self._kernel_spec()
-        nb = nbformat.v4.new_notebook()
+        try:
+            run_sync(self._alaunch)()
+        except Exception as exc:  # noqa: BLE001 -- any failure to start is the environment's
+            self.close()
+            raise KernelError(f"the grading kernel could not start: {exc}") from exc
+        if self._pid() is not None:
+            _LIVE.add(self._pid())
+        return self
+
+    def start(self) -> None:
+        """Launch the kernel (unless :meth:`launch` did) and wait until it answers; then cells may run."""
+        import nbformat
+
+        from grader.sandbox.cells import _CappedClient
+
+        self.launch()
         self.client = _CappedClient(
-            nb,
+            nbformat.v4.new_notebook(),
             km=self.km,
             timeout=self.limits.cell_timeout,
             startup_timeout=self.limits.startup_timeout,
@@ -283,20 +259,30 @@ class SandboxKernel:
         )
         self.client.output_limit = self.limits.output_bytes
         try:
-            run_sync(self._astart)()
+            run_sync(self._aconnect)()
         except Exception as exc:  # noqa: BLE001 -- any failure to start is the environment's
             self.close()
             raise KernelError(f"the grading kernel could not start: {exc}") from exc
 
-    async def _astart(self) -> None:
-        assert self.client is not None and self.km is not None
-        self.client.reset_execution_trackers()
+    async def _alaunch(self) -> None:
+        assert self.km is not None
         # The kernel's stdout and stderr are not the grader's: what it prints there (a forged summary,
         # invalid UTF-8, escape sequences) must reach neither the terminal nor `--json`.
         await self.km.start_kernel(cwd=str(self.workdir), env=self._environment(), stdin=subprocess.DEVNULL,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    async def _aconnect(self) -> None:
+        assert self.client is not None and self.km is not None
+        self.client.reset_execution_trackers()
         await self.client.async_start_new_kernel_client()
         self.walls.started(self._pid())  # before any cell: what is in force, the namespace, the watchdog
+
+    async def _astart(self) -> None:
+        """A fresh kernel in the same folder, with the same walls (a restart)."""
+        await self._alaunch()
+        if self._pid() is not None:
+            _LIVE.add(self._pid())
+        await self._aconnect()
 
     def close(self) -> None:
         """Stop the kernel and every process it started; remove the private folder."""
@@ -311,7 +297,9 @@ class SandboxKernel:
                 run_sync(self.km.cleanup_resources)()
             except Exception:  # noqa: BLE001
                 pass
-        procs.reap(self._known_children)
+        # Strays re-parented to this process, but not the kernels of other live SandboxKernels (a
+        # `grade batch` slot launches the next submission's kernel while this one is still checked).
+        procs.reap(self._known_children | _LIVE)
         shutil.rmtree(self._private, ignore_errors=True)
         self.client = None
         self.km = None
@@ -323,6 +311,7 @@ class SandboxKernel:
     def _kill(self) -> None:
         pid = self._pid()
         if pid is not None:
+            _LIVE.discard(pid)
             self.walls.kill()  # the namespace's PID 1: Linux kills everything in it; the shim then exits
             process = self.km.provisioner.process
             try:  # the shim exits once every process of the namespace is gone
@@ -360,6 +349,8 @@ class SandboxKernel:
         dropped from the replay; after :data:`MAX_RESTARTS` restarts the kernel is
         marked broken and every later call fails at once with the reason.
         """
+        from grader.sandbox.cells import DeadKernelError
+
         while True:
             self._state.restarts += 1
             if time.monotonic() >= self._deadline:
@@ -409,6 +400,9 @@ class SandboxKernel:
         return runs
 
     def _run_cell(self, cell, index: int, count: int, timeout: float) -> CellRun:
+        from grader.sandbox import wire
+        from grader.sandbox.cells import DeadKernelError
+
         assert self.client is not None
         self.client.timeout = max(1, int(timeout + 0.999))
         self.client.timed_out = False
@@ -437,6 +431,8 @@ class SandboxKernel:
                        wire.clean_text(trace, CELL_TRACEBACK_CHARS, keep="tail"), seconds)
 
     def _responsive(self, timeout: float = 5.0) -> bool:
+        from grader.sandbox.cells import DeadKernelError
+
         try:
             return run_sync(self._aexecute_source)("pass", timeout) is not None
         except DeadKernelError:
@@ -452,6 +448,8 @@ class SandboxKernel:
         seconds and never past ``timeout``: output that never stops holds nothing up. A kernel
         that dies leaves what it published before dying to ``sink`` too.
         """
+        from grader.sandbox.cells import DeadKernelError
+
         assert self.client is not None and self.client.kc is not None
         kc = self.client.kc
         on_iopub = sink.take if sink is not None else None
@@ -519,6 +517,9 @@ class SandboxKernel:
         in flight when the batch overran, ``crashed`` for the call in flight when the
         kernel died, and ``skipped`` for the calls after either.
         """
+        from grader.sandbox import wire
+        from grader.sandbox.cells import DeadKernelError
+
         self._deadline = deadline
         self._batch += 1
         n = len(request["calls"])
@@ -620,6 +621,8 @@ class _Outcomes:
         self.got[index] = self._read(data[OUTCOME_MIME])
 
     def _read(self, payload) -> dict:
+        from grader.sandbox import wire
+
         if not isinstance(payload, str):
             return wire.transfer_error("the result sent back was not understood")
         size = len(payload) * 3 // 4

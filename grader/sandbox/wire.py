@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 import torch
 
+from grader.sandbox import constants
+
 __all__ = [
     "SPEC",
     "UNSUPPORTED",
@@ -178,10 +180,8 @@ def _from_numpy(value: Any) -> Any:
 #: did not answer.
 STATUSES = frozenset({"ok", "error", "missing", "timeout", "memory", "skipped", "crashed"})
 
-#: Bytes one outcome may take in torch.save form. The largest value a check asks for is a batch
-#: of samples (10^5 two-dimensional points in float64 is 1.6 MB); 64 MiB leaves 40x room and bounds
-#: what one call can make the grader hold.
-MAX_OUTCOME_BYTES = 64 * 1024**2
+#: Bytes one outcome may take in torch.save form (see :mod:`grader.sandbox.constants`).
+MAX_OUTCOME_BYTES = constants.MAX_OUTCOME_BYTES
 
 #: Characters kept of each text an outcome carries: a message is one sentence (the worker cuts it at
 #: 2,000), an exception type a name, a traceback the student's last frames (the worker keeps 2,000).

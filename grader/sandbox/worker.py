@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 import torch
 
-from grader.sandbox import guard, models, wire
+from grader.sandbox import constants, guard, models, wire
 
 __all__ = ["CallTimeout", "StudentNamespace", "execute", "reply", "serve"]
 
@@ -172,7 +172,7 @@ def _main_thread() -> bool:
 
 
 #: The private mimetype of an outcome on IOPub: base64 of its torch.save bytes.
-OUTCOME_MIME = "application/x-grader-outcome"
+OUTCOME_MIME = constants.OUTCOME_MIME
 #: Base64 characters of outcomes the execute_reply carries again (see :func:`reply`): the shell
 #: channel drops nothing, so these arrive even when a thread floods IOPub. Larger outcomes travel
 #: on IOPub only; the bound keeps the reply far below the grader's message cap.
