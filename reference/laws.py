@@ -837,3 +837,122 @@ def pc_transition_noises(data: GaussianData, states: list[torch.Tensor], sigmas:
             noises.append((states[k + 1] - states[k] - g2 * s) / math.sqrt(g2))
             kinds.append("predictor")
     return noises, kinds
+
+
+# ---------------------------------------------------------------------------------------------
+# The VP SDE (sde): Euler–Maruyama and probability-flow samplers, denoising score matching
+# ---------------------------------------------------------------------------------------------
+#
+# With the exact score of Gaussian data under the continuous VP SDE, s*(x, t) = −(x − a·μ)/v with
+# a = mean_coef(t), v = a²·s² + (1 − a²) (reference.toy.vp_sde_coefficients), one Euler–Maruyama step
+# x′ = x + (½β·x + β·s*)·dt + √(β·dt)·z is affine: A = 1 + ½β·dt − β·dt/v, b = β·dt·a·μ/v, S = √(β·dt);
+# the probability-flow step is the same with ½β·s* and S = 0. The law of sde_sample is then exact.
+
+__all__ += ["sde_grid", "sde_steps", "sde_sample_law", "sde_sample_variant_law", "dsm_loss_weights",
+            "dsm_loss_minimum", "weighted_chi2_bounds"]
+
+
+def sde_grid(n_steps: int, eps: float = 1e-3) -> torch.Tensor:
+    """The times of ``sde_sample``: linspace(1, eps, n_steps) in float64."""
+    return torch.linspace(1.0, eps, n_steps, dtype=torch.float64)
+
+
+def sde_steps(data: GaussianData, n_steps: int, beta_min: float = 0.1, beta_max: float = 20.0, eps: float = 1e-3,
+              probability_flow: bool = False, *, ts: torch.Tensor | None = None, dt: float | None = None,
+              beta_of: Callable | None = None, x_coef: float = 0.5, score_coef: float | None = None,
+              noise_of: Callable | None = None, noisy_end: bool = False) -> list[tuple]:
+    """The affine steps ``(A, b, S)`` of ``sde_sample`` with the exact VP score of ``data``, with optional mistakes.
+
+    Step i at t = ts[i]: x′ = x + (x_coef·β·x + score_coef·β·s*(x, t))·dt + noise_of(β, dt)·z. The defaults are
+    the sampler (ts = linspace(1, eps, n), dt = 1/n, β = β(t), x_coef = ½, score_coef = 1 (SDE) or ½ (ODE),
+    noise √(β·dt) for the SDE and none for the ODE, the last step noise-free); other values are known mistakes
+    (β_t = β(t)·dt for β(t), −½ in the drift, no ½ in the ODE, √β·dt for √(β·dt), …).
+    """
+    from reference.toy import vp_sde_coefficients
+
+    mu, s2 = _params(data)
+    ts = sde_grid(n_steps, eps) if ts is None else ts.to(torch.float64)
+    dt = 1.0 / n_steps if dt is None else dt
+    beta_of = beta_of or (lambda t: beta_min + t * (beta_max - beta_min))
+    score_coef = (0.5 if probability_flow else 1.0) if score_coef is None else score_coef
+    if noise_of is None:
+        noise_of = (lambda beta, step: 0.0 * beta) if probability_flow else (lambda beta, step: (beta * step).sqrt())
+    steps = []
+    for i, t in enumerate(ts):
+        a, n = vp_sde_coefficients(t, beta_min, beta_max)
+        v = a**2 * s2 + n
+        beta = _f64(beta_of(t), data)
+        k = score_coef * beta * dt / v  # s* = −(x − a·μ)/v
+        noise = 0.0 if (i + 1 == len(ts) and not noisy_end) else noise_of(beta, torch.tensor(dt, dtype=torch.float64))
+        steps.append((1 + x_coef * beta * dt - k, k * a * mu, _f64(noise, data) * torch.ones_like(mu)))
+    return steps
+
+
+def sde_sample_law(data: GaussianData, n_steps: int, beta_min: float = 0.1, beta_max: float = 20.0, eps: float = 1e-3,
+                   probability_flow: bool = False, x_T: torch.Tensor | None = None, x_T_law: Law | None = None) -> Law:
+    """The exact law of ``sde_sample`` with the exact VP score of ``data`` (from x_T, a start law, or N(0, I)).
+
+    For the probability-flow ODE from a fixed x_T the variance is 0 and the mean *is* the sample.
+    """
+    law = _start_law(data, x_T, x_T_law)
+    return affine_chain(law, sde_steps(data, n_steps, beta_min, beta_max, eps, probability_flow))
+
+
+def sde_sample_variant_law(data: GaussianData, n_steps: int, beta_min: float = 0.1, beta_max: float = 20.0,
+                           eps: float = 1e-3, probability_flow: bool = False, x_T: torch.Tensor | None = None,
+                           x_T_law: Law | None = None, **mistake) -> Law:
+    """:func:`sde_sample_law` with the mistakes of :func:`sde_steps` (the laws known mistakes follow)."""
+    law = _start_law(data, x_T, x_T_law)
+    return affine_chain(law, sde_steps(data, n_steps, beta_min, beta_max, eps, probability_flow, **mistake))
+
+
+def dsm_loss_weights(data: GaussianData, t: torch.Tensor, beta_min: float = 0.1, beta_max: float = 20.0) -> torch.Tensor:
+    """c ``(B, *D)`` such that, under the exact score, ``dsm_loss`` of x₀ ~ data is ½ Σ_i c_i·χ²₁ per sample.
+
+    Derivation: x_t = a·x₀ + σ·z with a = mean_coef(t), σ² = 1 − a², and s*(x_t) = −(x_t − a·μ)/v, v = a²s² + σ².
+    Then w = σ·s*(x_t) + z = −σ·a·(x₀ − μ)/v + (1 − σ²/v)·z, a sum of independent centred Gaussians, so
+    w ~ N(0, σ²a²s²/v² + (a²s²/v)²) = N(0, a²s²/v) (since σ² + a²s² = v), independently over coordinates and samples,
+    and the loss ½ Σ w_i² is ½ Σ_i c_i·χ²₁ with c = a²s²/v = 1 − σ²/v. Its mean ½ Σ_i c_i is the minimum over all
+    score functions of the expected loss, attained by s* (:func:`dsm_loss_minimum`).
+    """
+    from reference.toy import vp_sde_coefficients
+
+    mu, s2 = _params(data)
+    a, n = vp_sde_coefficients(_f64(t, data), beta_min, beta_max)
+    a, n = a.reshape(-1, *([1] * mu.ndim)), n.reshape(-1, *([1] * mu.ndim))
+    return a**2 * s2 / (a**2 * s2 + n)
+
+
+def dsm_loss_minimum(data: GaussianData, t: torch.Tensor, beta_min: float = 0.1, beta_max: float = 20.0) -> torch.Tensor:
+    """E[dsm_loss] under the exact score, ``(B,)``: ½ Σ_i (1 − σ_t²/v_i), the closed-form minimum (see above)."""
+    c = dsm_loss_weights(data, t, beta_min, beta_max)
+    return 0.5 * c.reshape(c.shape[0], -1).sum(-1)
+
+
+def weighted_chi2_bounds(weights: torch.Tensor, level: float) -> tuple[float, float]:
+    """(low, high) with P(S ≤ low) ≤ level/2 and P(S ≥ high) ≤ level/2 for S = ½ Σ_j c_j·χ²₁ (independent).
+
+    Chernoff with the exact cumulant generating function K(θ) = −½ Σ log(1 − θ·c_j) (θ < 1/max c): for θ > 0,
+    P(S ≥ s) ≤ exp(−(θs − K(θ))) ≤ level/2 as soon as s ≥ (L + K(θ))/θ with L = log(2/level), so
+    high = inf_{θ>0} (L + K(θ))/θ; likewise low = sup_{θ<0} (L + K(θ))/θ. Each one-dimensional optimum is found by
+    golden-section search in float64 (any θ gives a valid bound, so an inexact optimum only loosens it).
+    """
+    c = weights.detach().to("cpu", torch.float64).flatten()
+    c = c[c > 0]
+    target = math.log(2 / level)
+
+    def bound(theta: float) -> float:
+        return (target + float(-0.5 * torch.log1p(-theta * c).sum())) / theta
+
+    def golden(lo: float, hi: float, sign: int) -> float:
+        ratio = (math.sqrt(5) - 1) / 2
+        for _ in range(120):
+            m1, m2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+            if sign * bound(m1) < sign * bound(m2):
+                hi = m2
+            else:
+                lo = m1
+        return bound(0.5 * (lo + hi))
+
+    top = 1 / float(c.max())
+    return golden(-1e3 * top, -1e-12 * top, -1), golden(1e-12 * top, top * (1 - 1e-9), +1)

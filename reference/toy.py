@@ -26,6 +26,7 @@ __all__ = [
     "GaussianData",
     "GaussianMixture",
     "vp_coefficients",
+    "vp_sde_coefficients",
 ]
 
 
@@ -33,6 +34,17 @@ def vp_coefficients(t: torch.Tensor, alphas_cumprod: torch.Tensor) -> tuple[torc
     """(a, n) = (√ᾱ_t, 1 − ᾱ_t) for a LongTensor ``t`` of shape ``(B,)``; each ``(B,)``."""
     alpha_bar = alphas_cumprod[torch.as_tensor(t, device=alphas_cumprod.device).long()]
     return alpha_bar.sqrt(), 1 - alpha_bar
+
+
+def vp_sde_coefficients(t: torch.Tensor, beta_min: float = 0.1, beta_max: float = 20.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(a, n) = (mean_coef, std²) of the continuous VP SDE at float times ``t`` (Song et al. 2021, ``VPSDE.marginal_prob``).
+
+    log a = −¼t²(β_max − β_min) − ½tβ_min and n = 1 − a² = −expm1(2·log a), computed in ``t``'s dtype. Written
+    here (not imported from :mod:`reference.sde`) because the student's process loads this file alone;
+    tests/reference/test_sde.py checks that the two agree.
+    """
+    log_a = -0.25 * t**2 * (beta_max - beta_min) - 0.5 * t * beta_min
+    return torch.exp(log_a), -torch.expm1(2 * log_a)
 
 
 def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -68,6 +80,20 @@ class _Predictors:
         def score_fn(x: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
             sigma = torch.as_tensor(sigma, dtype=x.dtype, device=x.device)
             return self.score(x, torch.ones_like(sigma), sigma**2)
+
+        return score_fn
+
+    def vp_score_fn(self, beta_min: float = 0.1, beta_max: float = 20.0, scale: float = 1.0):
+        """The exact score of the continuous VP SDE's marginal, ``score_fn(x, t)`` with t a float tensor ``(B,)``.
+
+        ``scale`` λ ≠ 1 gives the member λ·s* of a family of scores (for Gaussian data: linear scores), which
+        denoising score matching must rank below the exact one.
+        """
+
+        def score_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            t = torch.as_tensor(t, device=x.device).to(torch.float64)
+            a, n = vp_sde_coefficients(t, beta_min, beta_max)
+            return scale * self.score(x, a.to(x.dtype), n.to(x.dtype))
 
         return score_fn
 
