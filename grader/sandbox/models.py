@@ -106,6 +106,11 @@ FACTORIES: dict[str, Callable[[dict], Callable]] = {
     # score_fn(x, sigma): the exact score of the data convolved with N(0, σ²).
     "gaussian_score_ve": lambda p: _gaussian(p).score_fn(),
     "mixture_score_ve": lambda p: _mixture(p).score_fn(),
+    # score_fn(x, t): the exact score of the continuous VP SDE's marginal at float times t (B,) (sde); "scale" λ
+    # gives the member λ·s* of a family of scores (dsm_loss's minimum).
+    "gaussian_score_vp": lambda p: _gaussian(p).vp_score_fn(p.get("beta_min", 0.1), p.get("beta_max", 20.0),
+                                                            p.get("scale", 1.0)),
+    "mixture_score_vp": lambda p: _mixture(p).vp_score_fn(p.get("beta_min", 0.1), p.get("beta_max", 20.0)),
     # score_fn(x): the score of the data itself (or at one fixed VE level).
     "gaussian_score": lambda p: _fixed_level_score(_gaussian(p), p.get("sigma", 0.0)),
     "mixture_score": lambda p: _fixed_level_score(_mixture(p), p.get("sigma", 0.0)),
