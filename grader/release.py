@@ -1,49 +1,566 @@
 """``grade release --out DIR``: what students get, without the reference or the solutions.
 
 The release holds the generated notebooks (``exercises/NAME/NAME.ipynb``, made from
-``solutions/`` here and now), the grader's package without its exercise
-declarations (they import ``reference`` and hold the hidden checks), and, in their
-place, the public checks as values: for each public agreement check, the inputs
-``check(fn)`` draws (the same seed, the same number of examples), the reference's
-outputs on them, the outputs of each known mistake (for hints), the tolerance and
-the expected dtype — saved with ``torch.save`` and loaded with
-``weights_only=True``, so the release carries data, never code.
+``solutions/`` here and now), the grader's package without its exercise declarations
+(they import ``reference`` and hold the hidden checks), and, in their place, every
+public check of every exercise, recorded:
 
-``check(fn)`` in a released notebook then runs the grader's own agreement check on
-those inputs, its reference replaced by a lookup of the recorded outputs
-(:func:`recorded_check`). Public checks that
-judge a property with code of their own (a law, a count of model calls) are not
-in the release; ``check`` says what it ran and ``grade submit`` runs everything.
+* its **inputs**: the cases ``check(fn)`` draws (the same seed, the same number of
+  examples), built here and saved as values;
+* its **judging code**: the grader's own library (``grader.checks``), named, and, where
+  a public check judges with code of its declaration (a judge, a probe, a helper they
+  call), exactly that code, copied into ``grader/exercises/released/NAME.py``: the
+  functions the public checks reach, nothing a hidden check alone uses;
+* every **expected value**: whatever that code gets from the reference, the laws, the
+  toy models or a declaration's lambda (anything not copied) is a :class:`Proxy`, and what
+  it answered for the inputs it was called with is recorded, keyed by the callee and a
+  digest of its arguments (:func:`digest`). In the release the proxy answers from the
+  record: values, never code; a question it was never asked raises :class:`Unrecorded`.
+
+Everything is saved with ``torch.save`` and loaded with ``weights_only=True``.
+
+How it is recorded (:func:`record_exercise`): each public check is encoded
+(:class:`Encoder`), decoded back with its proxies calling the real callees, and run
+with the reference as the student, which records the answers. Then it is replayed from
+the record alone, beside the original check, on the reference, on each function's
+outputs perturbed (so a judge that asks the reference about the *student's* output is
+found: its question has no recorded answer) and on the check's own known mistakes; a
+test whose replayed verdict differs, or that asks an unrecorded question, is not
+released (``Exercise.not_released`` names it, and ``check`` says so). A check whose
+inputs carry a toy model (built in the student's process from ``reference.toy``) is not
+released either: the release has no reference to build it from.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib
+import importlib.util
+import inspect
 import math
 import shutil
-from dataclasses import dataclass
+import sys
+import textwrap
+import types
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 from hypothesis import strategies as st
 
-from grader.checks import Agreement, Context, Diagnosis, Inputs, Tolerance, draw_cases
+from grader.checks import Aspect, Context, Inputs, Mismatch, Outcome, draw_cases
 
-__all__ = ["recorded_check", "record_check", "record_exercise", "write_release"]
+__all__ = ["Proxy", "Released", "Unrecorded", "digest", "load_released", "record_check", "record_exercise",
+           "recorded_check", "write_release"]
 
 #: Where the recorded checks live, inside the released package.
 RELEASED = "released"
 
 
-def _plain(value: Any) -> Any:
-    """What the reference returned, as float64 CPU tensors (tuples stay tuples)."""
+class Unencodable(Exception):
+    """A value the release cannot carry as data (a strategy, an object of the reference)."""
+
+
+class Unrecorded(Exception):
+    """A question to the reference (or a law, a model) that was not asked at release time."""
+
+
+class RecordedError(Exception):
+    """What a recorded callee raised at release time, raised again."""
+
+
+# ----------------------------------------------------------------------------------------- digests
+
+def _feed(h: Any, v: Any) -> None:
+    if isinstance(v, torch.Tensor):
+        t = v.detach()
+        h.update(f"T{t.dtype}{tuple(t.shape)}{t.device.type == 'meta'};".encode())
+        if t.device.type != "meta":
+            t = t.to("cpu")
+            if t.is_complex():
+                t = torch.view_as_real(t)
+            if t.dtype in (torch.bool, torch.bfloat16, torch.float16):
+                t = t.to(torch.float32)
+            h.update(t.contiguous().numpy().tobytes())
+    elif v is None or isinstance(v, (bool, int, float, str, torch.dtype, torch.device)):
+        h.update(f"{type(v).__name__}:{v!r};".encode())
+    elif isinstance(v, (tuple, list)):
+        h.update(f"{type(v).__name__}[{len(v)};".encode())
+        for x in v:
+            _feed(h, x)
+    elif isinstance(v, dict):
+        h.update(f"dict[{len(v)};".encode())
+        for k in sorted(v, key=repr):
+            _feed(h, k)
+            _feed(h, v[k])
+    elif isinstance(v, (set, frozenset)):
+        _feed(h, ("set", sorted(v, key=repr)))
+    elif isinstance(v, Inputs):
+        _feed(h, ("Inputs", v.args, v.kwargs, v.hidden))
+        try:
+            _feed(h, v.meta)
+        except Unencodable:
+            h.update(b"meta?")
+    elif isinstance(v, Outcome):
+        _feed(h, ("Outcome", v.status, v.value, v.model_calls))
+    elif type(v).__module__ == "numpy" and hasattr(v, "tobytes"):
+        h.update(f"np{v.dtype}{getattr(v, 'shape', ())};".encode() + v.tobytes())
+    else:
+        raise Unencodable(f"cannot digest a {type(v).__name__}")
+
+
+def digest(value: Any) -> str:
+    """A SHA-256 of a value made of tensors, numbers, strings, containers and :class:`Inputs`."""
+    h = hashlib.sha256()
+    _feed(h, value)
+    return h.hexdigest()[:32]
+
+
+def _storable(value: Any) -> Any:
+    """``value`` itself when ``torch.load(weights_only=True)`` can carry it, else :class:`Unencodable`."""
+    if value is None or isinstance(value, (bool, int, float, str, torch.dtype)):
+        return value
     if isinstance(value, torch.Tensor):
-        value = value.detach().to("cpu")
-        return value.double() if value.is_floating_point() else value.clone()
+        return value.detach().to("cpu").clone()
     if isinstance(value, (tuple, list)):
-        return tuple(_plain(v) for v in value)
+        return type(value)(_storable(v) for v in value)
+    if isinstance(value, dict) and all(isinstance(k, (str, int)) for k in value):
+        return {k: _storable(v) for k, v in value.items()}
+    raise Unencodable(f"a {type(value).__name__} cannot be recorded as a value")
+
+
+def _fresh(value: Any) -> Any:
+    """A copy of a recorded value (a judge may modify what it gets)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (tuple, list)):
+        return type(value)(_fresh(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _fresh(v) for k, v in value.items()}
     return value
+
+
+# ----------------------------------------------------------------------------------------- proxies
+
+class Table:
+    """The recorded answers of one exercise's proxies: key -> {"value": ...} or {"raises": ..., "message": ...}."""
+
+    def __init__(self, values: dict | None = None) -> None:
+        self.values: dict = dict(values or {})
+        self.recording = False
+        self.targets: dict[str, Callable] = {}
+        self.proxies: dict[str, Proxy] = {}
+
+    def proxy(self, name: str) -> "Proxy":
+        if name not in self.proxies:
+            self.proxies[name] = Proxy(name, self)
+        return self.proxies[name]
+
+
+class Proxy:
+    """Stands for a callee that computes expected values; answers from :class:`Table` (or records, at release time)."""
+
+    def __init__(self, name: str, table: Table) -> None:
+        self.name, self.table = name, table
+        self.__name__ = name.rsplit(".", 1)[-1]
+
+    def __repr__(self) -> str:
+        return f"<recorded {self.name}>"
+
+    def _answer(self, key: str, compute: Callable[[], Any]) -> Any:
+        table = self.table
+        if table.recording and self.name in table.targets:
+            try:
+                value = compute()
+            except Exception as exc:  # noqa: BLE001 -- recorded, and raised again on replay
+                table.values[key] = {"raises": type(exc).__name__, "message": str(exc)}
+                raise
+            table.values[key] = {"value": _storable(value)}
+            return value
+        found = table.values.get(key)
+        if found is None:
+            raise Unrecorded(f"{self.name} was not asked this at release time")
+        if "raises" in found:
+            raise RecordedError(f"{found['raises']}: {found['message']}")
+        return _fresh(found["value"])
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            key = f"{self.name}({digest((args, kwargs))}"
+        except Unencodable as exc:
+            raise Unrecorded(f"{self.name} called with {exc}") from None
+        return self._answer(key, lambda: self.table.targets[self.name](*args, **kwargs))
+
+    def on_inputs(self, inputs: Inputs) -> Any:
+        """``inputs.call_reference(self)``: keyed by the inputs (which carry model specs, not models)."""
+        key = f"{self.name}@{digest(inputs)}"
+        return self._answer(key, lambda: Inputs.call_reference(inputs, self.table.targets[self.name]))
+
+
+class ProxyModule:
+    """A module of the reference: each attribute is a :class:`Proxy`."""
+
+    def __init__(self, name: str, table: Table) -> None:
+        self.__name__, self._table = name, table
+
+    def __getattr__(self, attribute: str) -> Proxy:
+        if attribute.startswith("__"):
+            raise AttributeError(attribute)
+        return self._table.proxy(f"{self.__name__}.{attribute}")
+
+
+class RecordedInputs(Inputs):
+    """Inputs rebuilt from the record: the reference is asked through its proxy, keyed by these inputs."""
+
+    def call_reference(self, fn: Callable) -> Any:
+        if isinstance(fn, Proxy):
+            return fn.on_inputs(self)
+        return super().call_reference(fn)
+
+    def in_float64(self) -> "RecordedInputs":
+        base = super().in_float64()
+        return RecordedInputs(base.args, base.kwargs, base.notes, base.meta, base.hidden)
+
+
+# ----------------------------------------------------------------------------------------- encoding
+
+def _is_reference(module: str) -> bool:
+    return module == "reference" or module.startswith("reference.")
+
+
+def _is_declaration(module: str) -> bool:
+    return module.startswith("grader.exercises.")
+
+
+def _is_library(module: str) -> bool:
+    """Code that ships as it is: the grader's own library, torch and the other installed libraries."""
+    return not _is_reference(module) and not _is_declaration(module) and module not in ("__main__", "builtins") \
+        and not module.startswith(("tests.", "solutions"))
+
+
+def _resolve(module: str, qualname: str) -> Any:
+    value: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _inner_code(code: types.CodeType, qualname: str) -> types.CodeType | None:
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            if const.co_qualname == qualname:
+                return const
+            found = _inner_code(const, qualname)
+            if found is not None:
+                return found
+    return None
+
+
+def _global_names(code: types.CodeType) -> list[str]:
+    names = list(code.co_names)
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            names.extend(_global_names(const))
+    return list(dict.fromkeys(names))
+
+
+class Encoder:
+    """Turns a check into data: values as they are, library code by name, declaration code copied, the rest proxies.
+
+    ``shipped`` is the declaration code the encoded checks need (qualname -> source),
+    ``lines`` how the copied code's module binds its other globals, ``data`` the globals
+    it binds to recorded values, ``proxies`` the callees whose answers are recorded.
+    """
+
+    def __init__(self, table: Table) -> None:
+        self.table = table
+        self.shipped: dict[str, str] = {}
+        self.shipped_objects: dict[str, Any] = {}
+        self.lines: dict[str, str] = {}
+        self.data: dict[str, Any] = {}
+        self.late: set[str] = set()
+        self.bound: dict[str, Any] = {}
+        self.proxy_names: dict[int, str] = {}
+        self.keep: list = []  # objects named by id stay alive while this encoder lives
+        self.check: Any = None
+
+    def snapshot(self) -> tuple:
+        return tuple(dict(d) for d in (self.shipped, self.shipped_objects, self.lines, self.data, self.bound)) + (
+            set(self.late),)
+
+    def restore(self, state: tuple) -> None:
+        self.shipped, self.shipped_objects, self.lines, self.data, self.bound, self.late = (
+            dict(state[0]), dict(state[1]), dict(state[2]), dict(state[3]), dict(state[4]), set(state[5]))
+
+    # -- callees whose answers are recorded ----------------------------------------------------
+
+    def proxy(self, value: Any) -> str:
+        if id(value) not in self.proxy_names:
+            module = getattr(value, "__module__", None) or type(value).__module__
+            qualname = getattr(value, "__qualname__", None) or type(value).__qualname__
+            name = f"{module}.{qualname}"
+            if name in self.table.targets and self.table.targets[name] is not value:
+                name = f"{name}#{sum(1 for n in self.table.targets if n.split('#')[0] == name)}"
+            self.proxy_names[id(value)] = name
+            self.keep.append(value)
+            self.table.targets[name] = value
+        return self.proxy_names[id(value)]
+
+    def reference_module(self, module: types.ModuleType) -> dict:
+        for name, value in vars(module).items():
+            if callable(value) and not name.startswith("__"):
+                self.table.targets.setdefault(f"{module.__name__}.{name}", value)
+        return {"proxy_module": module.__name__}
+
+    # -- values --------------------------------------------------------------------------------
+
+    def encode(self, v: Any, ship: bool = False) -> Any:
+        """``v`` as data; a declaration's function is copied as code only with ``ship`` (a judge, a probe),
+        else it is a proxy: what it computes from the inputs is recorded."""
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, torch.Tensor):
+            return {"tensor": v.detach().to("cpu").clone()}
+        if isinstance(v, torch.dtype):
+            return {"dtype": str(v).removeprefix("torch.")}
+        if isinstance(v, torch.device):
+            return {"device": str(v)}
+        if isinstance(v, (tuple, list)):
+            return {type(v).__name__: [self.encode(x) for x in v]}
+        if isinstance(v, dict):
+            return {"dict": [[self.encode(k), self.encode(x)] for k, x in v.items()]}
+        if isinstance(v, (set, frozenset)):
+            return {"frozenset": [self.encode(x) for x in sorted(v, key=repr)]}
+        if v is self.check and v is not None:
+            return {"check": 0}
+        if isinstance(v, types.ModuleType):
+            if _is_reference(v.__name__):
+                return self.reference_module(v)
+            if _is_library(v.__name__):
+                return {"module": v.__name__}
+            raise Unencodable(f"module {v.__name__}")
+        if isinstance(v, Proxy):
+            return {"proxy": v.name}
+        if inspect.ismethod(v):
+            return {"method": v.__func__.__name__, "self": self.encode(v.__self__)}
+        cls = type(v)
+        if dataclasses.is_dataclass(v) and not isinstance(v, type) and _is_library(cls.__module__):
+            return {"dataclass": f"{cls.__module__}:{cls.__qualname__}",
+                    "fields": {f.name: self.encode(getattr(v, f.name), ship=f.name in SHIPPED_FIELDS)
+                               for f in dataclasses.fields(v)}}
+        if isinstance(v, types.FunctionType):
+            module, qualname = v.__module__, v.__qualname__
+            if _is_library(module):
+                if "<locals>" not in qualname:
+                    return {"import": f"{module}:{qualname}"}
+                return self.closure(v, f"{module}:{qualname}")
+            if ship and _is_declaration(module) and v.__name__ != "<lambda>":
+                if "<locals>" not in qualname:
+                    self.ship(v)
+                    return {"shipped": qualname}
+                outer = _resolve(module, qualname.split(".<locals>.")[0])
+                self.ship(outer)
+                return self.closure(v, f"@shipped:{qualname}", ship=True)
+        if isinstance(v, type) and _is_library(v.__module__) and "<locals>" not in v.__qualname__:
+            return {"import": f"{v.__module__}:{v.__qualname__}"}
+        if isinstance(v, st.SearchStrategy):
+            raise Unencodable("a hypothesis strategy")
+        if callable(v) and not isinstance(v, type):
+            return {"proxy": self.proxy(v)}
+        raise Unencodable(f"a {cls.__name__}")
+
+    def closure(self, fn: types.FunctionType, where: str, ship: bool = False) -> dict:
+        """A closure: where its code is and its cells (a copied closure's cells are like its globals)."""
+        cells = []
+        for name, cell in zip(fn.__code__.co_freevars, fn.__closure__ or ()):
+            try:
+                cells.append(self.encode(cell.cell_contents, ship=ship or name in SHIPPED_FIELDS))
+            except ValueError:
+                raise Unencodable(f"an empty cell of {fn.__qualname__}") from None
+        return {"closure": where, "cells": cells, "defaults": self.encode(fn.__defaults__),
+                "kwdefaults": self.encode(fn.__kwdefaults__)}
+
+    # -- declaration code, copied --------------------------------------------------------------
+
+    def ship(self, fn: types.FunctionType) -> None:
+        name = fn.__qualname__
+        if name in self.shipped_objects:
+            if self.shipped_objects[name] is not fn:
+                raise Unencodable(f"two functions called {name}")
+            return
+        source = textwrap.dedent(inspect.getsource(fn))
+        self.shipped_objects[name] = fn
+        self.shipped[name] = source
+        for global_name in _global_names(fn.__code__):
+            if global_name in fn.__globals__:
+                self.bind(global_name, fn.__globals__[global_name])
+
+    def bind(self, name: str, value: Any) -> None:
+        if name in self.bound:
+            if self.bound[name] is not value:
+                raise Unencodable(f"two globals called {name}")
+            return
+        self.bound[name] = value
+        if isinstance(value, types.ModuleType):
+            if _is_reference(value.__name__):
+                self.reference_module(value)
+                self.lines[name] = f"{name} = _P.module({value.__name__!r})"
+            elif _is_library(value.__name__):
+                self.lines[name] = f"import {value.__name__} as {name}"
+            else:
+                raise Unencodable(f"module {value.__name__}")
+            return
+        module = getattr(value, "__module__", None) or ""
+        qualname = getattr(value, "__qualname__", "") or ""
+        if (isinstance(value, (types.FunctionType, type)) and _is_library(module) and "<locals>" not in qualname
+                and "." not in qualname):
+            self.lines[name] = f"from {module} import {qualname} as {name}"
+            return
+        if isinstance(value, types.FunctionType) and _is_declaration(module) and value.__name__ != "<lambda>" \
+                and "<locals>" not in qualname:
+            self.ship(value)
+            if name != value.__name__:
+                self.data[name] = {"shipped": value.__qualname__}
+                self.late.add(name)
+            return
+        encoded = self.encode(value)
+        self.data[name] = encoded
+        if _mentions_shipped(encoded):
+            self.late.add(name)
+
+    def module_source(self, exercise: str) -> str:
+        header = [f'"""The code of exercise {exercise}\'s public checks, copied by ``grade release``.',
+                  "",
+                  "Only the functions that public checks call (judges, probes, the helpers they use) are here;",
+                  "whatever they ask of the reference, the laws or the toy models is answered from values",
+                  "recorded at release time (``_P``, :mod:`grader.release`). No reference code, no hidden check.",
+                  '"""', "", "from __future__ import annotations", "", "from grader.release import released as _released", "",
+                  f"_P = _released({exercise!r})"]
+        body = [*sorted(self.lines.values()), "", "_P.bind(globals(), late=False)", ""]
+        for source in self.shipped.values():
+            body.extend(["", source.rstrip(), ""])
+        body.extend(["", "_P.bind(globals(), late=True)", ""])
+        return "\n".join(header + [""] + body)
+
+
+#: Fields that hold code run on the student's outcome (a judge) or in the student's process (a probe): copied.
+SHIPPED_FIELDS = frozenset({"judge", "probe", "scenario"})
+
+
+def _mentions_shipped(encoded: Any) -> bool:
+    if isinstance(encoded, dict):
+        if "shipped" in encoded or str(encoded.get("closure", "")).startswith("@shipped:") or "check" in encoded:
+            return True
+        return any(_mentions_shipped(v) for v in encoded.values())
+    if isinstance(encoded, (list, tuple)):
+        return any(_mentions_shipped(v) for v in encoded)
+    return False
+
+
+# ----------------------------------------------------------------------------------------- decoding
+
+_RELEASED: dict[str, "Released"] = {}
+
+
+def released(exercise: str) -> "Released":
+    """The recorded values of ``exercise``, for the module of its copied code (which calls this first)."""
+    return _RELEASED[exercise]
+
+
+class Released:
+    """One exercise's record: the proxies' table, the copied code's module, and how to decode values."""
+
+    def __init__(self, exercise: str, data: dict, table: Table | None = None) -> None:
+        self.exercise, self.data = exercise, data
+        self.table = table or Table(data.get("table", {}))
+        self.namespace: dict | None = None
+        self.check: Any = None
+
+    def module(self, name: str) -> ProxyModule:
+        return ProxyModule(name, self.table)
+
+    def bind(self, namespace: dict, late: bool) -> None:
+        self.namespace = namespace
+        for name, encoded in self.data.get("globals", {}).items():
+            if (name in self.data.get("late", ())) == late:
+                namespace[name] = self.decode(encoded)
+
+    def decode(self, d: Any) -> Any:
+        if not isinstance(d, dict):
+            return d
+        (tag, value), *_ = d.items()
+        if tag == "tensor":
+            return value.clone()
+        if tag == "dtype":
+            return getattr(torch, value)
+        if tag == "device":
+            return torch.device(value)
+        if tag == "tuple":
+            return tuple(self.decode(x) for x in value)
+        if tag == "list":
+            return [self.decode(x) for x in value]
+        if tag == "dict":
+            return {self.decode(k): self.decode(x) for k, x in value}
+        if tag == "frozenset":
+            return frozenset(self.decode(x) for x in value)
+        if tag == "check":
+            return self.check
+        if tag == "module":
+            return importlib.import_module(value)
+        if tag == "proxy_module":
+            return ProxyModule(value, self.table)
+        if tag == "proxy":
+            return self.table.proxy(value)
+        if tag == "method":
+            return getattr(self.decode(d["self"]), value)
+        if tag == "import":
+            return _resolve(*value.split(":"))
+        if tag == "shipped":
+            return self._shipped(value)
+        if tag == "dataclass":
+            obj = object.__new__(_resolve(*value.split(":")))
+            for name, encoded in d["fields"].items():
+                object.__setattr__(obj, name, self.decode(encoded))
+            return obj
+        if tag == "closure":
+            return self._closure(d)
+        raise ValueError(f"unknown recorded value {tag!r}")
+
+    def _shipped(self, qualname: str) -> Any:
+        value: Any = self.namespace
+        for i, part in enumerate(qualname.split(".")):
+            value = value[part] if i == 0 else getattr(value, part)
+        return value
+
+    def _closure(self, d: dict) -> types.FunctionType:
+        where = d["closure"]
+        if where.startswith("@shipped:"):
+            qualname = where.removeprefix("@shipped:")
+            outer = self._shipped(qualname.split(".<locals>.")[0])
+        else:
+            module, qualname = where.split(":")
+            outer = _resolve(module, qualname.split(".<locals>.")[0])
+        code = _inner_code(outer.__code__, qualname)
+        if code is None:
+            raise ValueError(f"no function {qualname} in this grader")
+        cells = tuple(types.CellType(self.decode(c)) for c in d["cells"])
+        fn = types.FunctionType(code, outer.__globals__, code.co_name, self.decode(d["defaults"]), cells or None)
+        fn.__kwdefaults__ = self.decode(d["kwdefaults"])
+        fn.__qualname__ = qualname
+        return fn
+
+
+class RecordedBuild:
+    """``build`` of a released check: case ``i`` is the ``i``-th recorded input, on the context's device."""
+
+    def __init__(self, cases: list, env: Released) -> None:
+        self.cases, self.env = cases, env
+
+    def __call__(self, index: int, ctx: Context) -> RecordedInputs:
+        fields = [_to_device(self.env.decode(part), ctx.device) for part in self.cases[index]]
+        args, kwargs, notes, meta, hidden = fields
+        return RecordedInputs(args, kwargs, notes, meta, hidden)
 
 
 def _to_device(value: Any, device: torch.device) -> Any:
@@ -56,139 +573,292 @@ def _to_device(value: Any, device: torch.device) -> Any:
     return value
 
 
-#: Agreement's fields that hold code; everything else it has is data and is recorded as is.
-_CODE_FIELDS = ("cases", "build", "reference", "scale", "diagnoses", "probe", "aspects", "extra_aspects", "examples")
+class _Guarded:
+    """An aspect's judge that turns an unrecorded question into a failure saying so (and notes which aspect)."""
+
+    def __init__(self, judge: Callable, name: str, log: set) -> None:
+        self.judge, self.name, self.log = judge, name, log
+
+    def __call__(self, inputs: Inputs, outcome: Outcome) -> None:
+        try:
+            return self.judge(inputs, outcome)
+        except (Unrecorded, Unencodable, RecordedError) as exc:
+            self.log.add(self.name)
+            raise Mismatch(f"this student release cannot judge this input ({exc}); `grade submit` does") from None
 
 
-def _data_field(value: Any) -> tuple[bool, Any]:
-    """``(True, recorded form)`` for a field value that is plain data; ``(False, None)`` for code."""
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return True, value
-    if isinstance(value, torch.dtype):
-        return True, {"dtype": str(value).replace("torch.", "")}
-    if isinstance(value, Tolerance):
-        return True, {"tolerance": dataclasses.asdict(value)}
-    if isinstance(value, (tuple, list, frozenset, set)) and all(isinstance(v, str) for v in value):
-        return True, {"strings": sorted(value) if isinstance(value, (frozenset, set)) else list(value),
-                      "type": type(value).__name__}
-    return False, None
+def recorded_check(data: dict, env: Released, log: set | None = None) -> Any:
+    """The public check ``data`` describes (see :func:`record_check`), on its recorded inputs and values.
 
-
-def _field_value(recorded: Any) -> Any:
-    if isinstance(recorded, dict) and "dtype" in recorded:
-        return getattr(torch, recorded["dtype"])
-    if isinstance(recorded, dict) and "tolerance" in recorded:
-        return Tolerance(**recorded["tolerance"])
-    if isinstance(recorded, dict) and "strings" in recorded:
-        return {"frozenset": frozenset, "set": frozenset, "list": tuple, "tuple": tuple}[recorded["type"]](
-            recorded["strings"])
-    return recorded
-
-
-class RecordedInputs(Inputs):
-    """Inputs whose reference values were recorded at release time: ``call_reference`` looks them up."""
-
-    def call_reference(self, fn: Callable) -> Any:
-        if isinstance(fn, Lookup):
-            return self.meta["recorded"][fn.slot][fn.index]
-        raise TypeError("a student release holds no reference implementation")
-
-
-@dataclass(frozen=True)
-class Lookup:
-    """Stands for a reference (``slot="expected"``) or a known mistake (``"wrong"``): its recorded values."""
-
-    slot: str
-    index: int
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError("a student release holds no reference implementation")
-
-
-def recorded_check(data: dict) -> Agreement:
-    """The public agreement check that ``data`` (see :func:`record_check`) describes, replaying recorded values.
-
-    It is the grader's own :class:`~grader.checks.Agreement`: the same comparison, tolerance,
-    hints, dtype-and-device and meta-device tests; only its inputs are the recorded ones and
-    its reference is a lookup of the recorded outputs.
+    It is an object of the same class as the declared check, with the same fields; its
+    cases are the recorded inputs, its judges the library's or the copied ones, and every
+    expected value comes from the record. ``log`` collects the aspects that met an
+    unrecorded question.
     """
-    cases = data["cases"]
-
-    def build(index: int, ctx: Context) -> Inputs:
-        case = cases[index]
-        meta = {"recorded": {"expected": case["expected"], "wrong": case["wrong"]}, "scale": case["scale"]}
-        return RecordedInputs(_to_device(dict(case["args"]), ctx.device), _to_device(dict(case["kwargs"]), ctx.device),
-                              dict(case["notes"]), meta, _to_device(dict(case["hidden"]), ctx.device))
-
-    fields = {name: _field_value(value) for name, value in data["fields"].items()}
-    references = tuple(Lookup("expected", i) for i in range(data["references"]))
-    return Agreement(
-        **fields, cases=st.sampled_from(range(len(cases))), build=build, examples=tuple(range(len(cases))),
-        reference=references if len(references) > 1 else references[0],
-        scale=(lambda inputs: inputs.meta["scale"]) if data["scaled"] else None,
-        diagnoses=tuple(Diagnosis(Lookup("wrong", i), message) for i, message in enumerate(data["hints"])),
-    )
+    log = set() if log is None else log
+    cls = _resolve(*data["class"].split(":"))
+    check = object.__new__(cls)
+    env.check = check
+    dropped = set(data.get("dropped", ()))
+    for name, encoded in data["fields"].items():
+        object.__setattr__(check, name, env.decode(encoded))
+    aspects = tuple(dataclasses.replace(a, judge=_Guarded(a.judge, a.name, log))
+                    for a in check.aspects if a.name not in dropped)
+    object.__setattr__(check, "aspects", aspects)
+    n = len(data["cases"])
+    object.__setattr__(check, "cases", st.sampled_from(range(n)))
+    object.__setattr__(check, "examples", tuple(range(n)))
+    object.__setattr__(check, "build", RecordedBuild(data["cases"], env))
+    env.check = None
+    return check
 
 
 # ----------------------------------------------------------------------------------------- recording
 
-def record_check(check, exercise: str) -> dict | None:
-    """The values of one public agreement check, on the inputs ``check(fn)`` draws; None if it cannot be.
+#: Fields of a check that the release replaces: its cases are the recorded inputs.
+_REPLACED = ("cases", "examples", "build")
 
-    Only :class:`~grader.checks.Agreement` itself (not a subclass, which may judge with code
-    of its own) without a probe and without extra aspects is recorded: its verdicts depend on
-    the reference's outputs alone, which are values.
-    """
+
+def _context(namespace: dict, exercise: str, *, public_only: bool = True) -> Context:
     from grader.interactive import SCALE
     from grader.runner import InProcessRunner
 
-    if type(check) is not Agreement or not check.public or check.probe is not None or check.extra_aspects:
-        return None
-    ctx = Context(InProcessRunner({}), torch.device("cpu"), 0, exercise, scale=SCALE, public_only=True)
+    return Context(InProcessRunner(namespace), torch.device("cpu"), 0, exercise, scale=SCALE, public_only=public_only)
+
+
+def _drawn_inputs(check: Any, ctx: Context) -> list[Inputs]:
+    """The inputs ``check(fn)`` builds for ``check`` (the same draw as :meth:`Property.run`)."""
     n = max(1, math.ceil(check.max_examples * ctx.scale))
     tag = f"{check.function}:{check.aspects[0].name}"
-    drawn = draw_cases(check.cases, n, ctx.seed_for("cases", tag) % 2**32, check.examples)
-    references = check.reference if isinstance(check.reference, tuple) else (check.reference,)
-    cases = []
-    for case in drawn:
-        inputs = check.build(case, ctx)
-        wrong = []
-        for diagnosis in check.diagnoses:
-            try:
-                wrong.append(_plain(inputs.call_reference(diagnosis.wrong)))
-            except Exception:  # noqa: BLE001 -- the mistake cannot be computed on this input: it is not named here
-                wrong.append(None)
-        scale = _plain(check.scale(inputs.in_float64())) if check.scale is not None else None
-        cases.append({"args": dict(inputs.args), "kwargs": dict(inputs.kwargs), "hidden": dict(inputs.hidden),
-                      "notes": dict(inputs.notes), "expected": [_plain(inputs.call_reference(r)) for r in references],
-                      "wrong": wrong, "scale": scale})
-    fields = {}
+    return [check.build(case, ctx) for case in draw_cases(check.cases, n, ctx.seed_for("cases", tag) % 2**32,
+                                                          check.examples)]
+
+
+def _model_specs(value: Any) -> list[str]:
+    from grader.sandbox.wire import SPEC
+
+    if isinstance(value, dict):
+        if value.get(SPEC) == "model":
+            return [value.get("kind", "?")]
+        return [k for v in value.values() for k in _model_specs(v)]
+    if isinstance(value, (list, tuple)):
+        return [k for v in value for k in _model_specs(v)]
+    return []
+
+
+def record_check(check: Any, exercise: str, encoder: Encoder | None = None) -> dict | None:
+    """A public check as data: its class, its fields encoded, its recorded inputs; None if it cannot be.
+
+    Not recorded: a check that is not public or not a :class:`~grader.checks.Property` (an
+    agreement, a behaviour; a law or a statistical check needs fresh draws), and a check whose
+    inputs carry a toy model (the student's process builds it from ``reference.toy``). An
+    aspect whose judge cannot be encoded is dropped (``data["dropped"]``).
+    """
+    from grader.checks import Property
+
+    if not check.public or not isinstance(check, Property):
+        return None
+    encoder = encoder or Encoder(Table())
+    inputs = _drawn_inputs(check, _context({}, exercise))
+    if any(_model_specs([i.args, i.kwargs, i.hidden]) for i in inputs):
+        return None
+    encoder.check = check
+    try:
+        cases = [[encoder.encode(part) for part in (i.args, i.kwargs, i.notes, i.meta, i.hidden)] for i in inputs]
+    except Unencodable:
+        return None
+    fields, dropped = {}, []
     for field_ in dataclasses.fields(check):
-        if field_.name in _CODE_FIELDS or not field_.init:
+        if field_.name in _REPLACED:
             continue
-        plain, value = _data_field(getattr(check, field_.name))
-        if not plain:
-            return None  # a field this release does not know how to carry as data: not released
-        fields[field_.name] = value
-    return {"function": check.function, "fields": fields, "cases": cases, "references": len(references),
-            "scaled": check.scale is not None, "hints": [d.message for d in check.diagnoses],
+        value = getattr(check, field_.name)
+        if field_.name == "aspects":
+            kept = []
+            for aspect in value:
+                state = encoder.snapshot()
+                try:
+                    kept.append(encoder.encode(aspect))
+                except (Unencodable, OSError, TypeError):
+                    encoder.restore(state)
+                    dropped.append(aspect.name)
+            fields["aspects"] = {"tuple": kept}
+            continue
+        if field_.name == "diagnoses":
+            kept = []
+            for diagnosis in value:
+                state = encoder.snapshot()
+                try:
+                    kept.append(encoder.encode(diagnosis))
+                except (Unencodable, OSError, TypeError):
+                    encoder.restore(state)
+            fields["diagnoses"] = {"tuple": kept}
+            continue
+        state = encoder.snapshot()
+        try:
+            fields[field_.name] = encoder.encode(value, ship=field_.name in SHIPPED_FIELDS)
+        except (Unencodable, OSError, TypeError) as exc:
+            encoder.restore(state)
+            if field_.name in ("function", "public", "kind", "max_examples"):
+                return None
+            fields[field_.name] = {"proxy": f"unrecordable {field_.name}: {exc}"}  # asked, it is Unrecorded
+    encoder.check = None
+    return {"class": f"{type(check).__module__}:{type(check).__qualname__}", "function": check.function,
+            "fields": fields, "cases": cases, "dropped": _with_gated(check, dropped),
             "tests": [spec.name for spec in check.tests()]}
 
 
-def record_exercise(name: str) -> dict:
-    """Everything the release knows of an exercise: its functions and its recorded public checks."""
+def _with_gated(check: Any, dropped: list[str]) -> list[str]:
+    """``dropped`` and every aspect gated by one of them (its point would otherwise stand without its gate)."""
+    out = list(dropped)
+    changed = True
+    while changed:
+        changed = False
+        for aspect in check.aspects:
+            if aspect.name not in out and any(g in out for g in aspect.gated_by):
+                out.append(aspect.name)
+                changed = True
+    return out
+
+
+def _perturbed(fn: Callable) -> Callable:
+    """``fn`` with every value of its result moved a little: a student whose outputs are not the reference's."""
+
+    def move(value: Any) -> Any:
+        if isinstance(value, torch.Tensor):
+            return value * 1.01 + 0.01 if value.is_floating_point() else value + 1
+        if isinstance(value, float):
+            return value * 1.01 + 0.01
+        if isinstance(value, (tuple, list)):
+            return type(value)(move(v) for v in value)
+        return value
+
+    def perturbed(*args: Any, **kwargs: Any) -> Any:
+        return move(fn(*args, **kwargs))
+
+    perturbed.__name__ = getattr(fn, "__name__", "perturbed")
+    return perturbed
+
+
+def _students(check: Any, reference: dict, diagnoses: int = 2) -> list[tuple[str, dict]]:
+    """The namespaces a released check is validated on: the reference, its function perturbed, its known mistakes."""
+    students = [("the reference", reference)]
+    fn = reference.get(check.function)
+    if callable(fn) and not isinstance(fn, type):
+        students.append(("perturbed outputs", {**reference, check.function: _perturbed(fn)}))
+        if check.probe is None:
+            for diagnosis in check.diagnoses[:diagnoses]:
+                if callable(diagnosis.wrong) and not isinstance(diagnosis.wrong, Proxy):
+                    students.append((diagnosis.message[:40], {**reference, check.function: diagnosis.wrong}))
+    return students
+
+
+def _verdicts(check: Any, namespace: dict, exercise: str) -> dict[str, bool]:
+    ctx = _context(dict(namespace), exercise)
+    return {spec.name: verdict.passed for spec, verdict in zip(check.tests(), check.run(ctx))}
+
+
+def _reference_namespace(exercise: str) -> dict:
+    try:
+        module = importlib.import_module(f"reference.{exercise}")
+    except ImportError:
+        return {}
+    return {name: getattr(module, name) for name in getattr(module, "__all__", ())}
+
+
+def _load_module(exercise: str, path: Path) -> dict:
+    name = f"grader.exercises.{RELEASED}.{exercise}"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.modules.pop(name, None)
+    return vars(module)
+
+
+def _aspect_of(test: str, function: str) -> str:
+    return test.removeprefix(f"{function}: ")
+
+
+def record_exercise(name: str, folder: Path) -> dict:
+    """Record exercise ``name``'s public checks into ``folder`` (``NAME.py``, the copied code); the data to save."""
     from grader.exercises import load_exercise
 
     exercise = load_exercise(name)
-    checks, left = [], []
+    table = Table()
+    encoder = Encoder(table)
+    records, left = [], []
     for check in exercise.checks:
-        recorded = record_check(check, name)
-        if recorded is not None:
-            checks.append(recorded)
-        elif check.public:
+        if not check.public:
+            continue
+        data = record_check(check, name, encoder)
+        if data is None:
             left.extend(spec.name for spec in check.tests())
+        else:
+            records.append((check, data))
+    (folder / f"{name}.py").write_text(encoder.module_source(name), encoding="utf-8")
+    env = Released(name, {"globals": encoder.data, "late": sorted(encoder.late)}, table)
+    _RELEASED[name] = env
+    _load_module(name, folder / f"{name}.py")
+    reference = _reference_namespace(name)
+    checks = []
+    for check, data in records:
+        bad = set(data["dropped"])
+        if not reference:
+            bad |= {a.name for a in check.aspects}
+        else:
+            bad |= _validate(check, data, env, reference, name)
+        data["dropped"] = _with_gated(check, sorted(bad))
+        held = [t for t in data["tests"] if _aspect_of(t, check.function) not in data["dropped"]]
+        left.extend(t for t in data["tests"] if t not in held)
+        if held:
+            data["tests"] = held
+            checks.append(data)
     return {"name": name, "title": exercise.title, "functions": [[f, list(args)] for f, args in exercise.functions],
-            "checks": checks, "not_released": left}
+            "checks": checks, "not_released": left, "globals": encoder.data, "late": sorted(encoder.late),
+            "table": table.values}
+
+
+def _validate(check: Any, data: dict, env: Released, reference: dict, exercise: str) -> set[str]:
+    """Record ``check``'s answers with the reference as the student; the aspects whose replay is not the check's."""
+    names = [a.name for a in check.aspects]
+    log: set = set()
+    env.table.recording = True
+    try:
+        replay = recorded_check(data, env, log)
+        ctx = _context(dict(reference), exercise)
+        for index in range(len(data["cases"])):
+            inputs = replay.build(index, ctx)
+            for diagnosis in replay.diagnoses:  # a hint names a mistake by its values on every input: record them
+                try:
+                    inputs.call_reference(diagnosis.wrong)
+                except Exception:  # noqa: BLE001 -- the mistake has no value here: recorded as raising
+                    pass
+        replay.run(ctx)
+    except Exception:  # noqa: BLE001 -- a check that cannot even run on the reference is not released
+        return set(names)
+    finally:
+        env.table.recording = False
+    bad = set(log)
+    for _, namespace in _students(check, reference):
+        log = set()
+        try:
+            mine = _verdicts(recorded_check(data, env, log), namespace, exercise)
+        except Exception:  # noqa: BLE001
+            return set(names)
+        theirs = _verdicts(check, namespace, exercise)
+        bad |= log | {_aspect_of(t, check.function) for t, passed in mine.items() if theirs.get(t) != passed}
+    return bad
+
+
+def load_released(folder: Path, name: str) -> tuple[dict, tuple]:
+    """A student release's exercise ``name``: its saved data and its checks, replaying the record."""
+    data = torch.load(folder / f"{name}.pt", weights_only=True)
+    env = Released(name, data)
+    _RELEASED[name] = env
+    importlib.import_module(f"grader.exercises.{RELEASED}.{name}")
+    return data, tuple(recorded_check(c, env) for c in data["checks"])
 
 
 # ----------------------------------------------------------------------------------------- the bundle
@@ -196,10 +866,12 @@ def record_exercise(name: str) -> dict:
 EXERCISES_INIT = '''"""The exercises of this student release: their public checks, as values recorded by ``grade release``.
 
 Each ``released/NAME.pt`` holds an exercise's functions and, for each public
-agreement check, its inputs and the reference's outputs on them; it is loaded
-with ``weights_only=True`` (data, never code). No reference implementation and
-no hidden check is part of this release: ``grade submit`` on the course's grader
-runs those.
+check, its inputs and every value it compares against, recorded from the course's
+reference; it is loaded with ``weights_only=True`` (data, never code).
+``released/NAME.py`` holds the code of those public checks that is not the grader's
+library (their judges and probes), with every call to the reference answered from
+the record. No reference implementation and no hidden check is part of this
+release: ``grade submit`` on the course's grader runs those.
 """
 
 from __future__ import annotations
@@ -212,7 +884,7 @@ import torch
 
 from grader.checks import Check, Signatures
 from grader.errors import UnknownExercise
-from grader.release import recorded_check
+from grader.release import load_released
 
 __all__ = ["Exercise", "exercise_names", "find_exercise_of", "load_exercise"]
 
@@ -243,9 +915,9 @@ def exercise_names() -> list:
 def load_exercise(name: str) -> Exercise:
     if name not in exercise_names():
         raise UnknownExercise(f"unknown exercise {name!r}; this release holds: {', '.join(exercise_names())}")
-    data = torch.load(DATA / f"{name}.pt", weights_only=True)
+    data, checks = load_released(DATA, name)
     return Exercise(data["name"], data["title"], tuple((f, tuple(args)) for f, args in data["functions"]),
-                    tuple(recorded_check(c) for c in data["checks"]), tuple(data["not_released"]))
+                    checks, tuple(data["not_released"]))
 
 
 def find_exercise_of(function_name: str):
@@ -278,7 +950,7 @@ grade = "grader.cli:main"
 include = ["grader*"]
 
 [tool.setuptools.package-data]
-grader = ["templates/*.j2", "py.typed", "exercises/released/*.pt"]
+grader = ["templates/*.j2", "py.typed", "exercises/released/*.pt", "exercises/released/*.py"]
 '''
 
 README = """# Diffusion models: the exercises
@@ -326,6 +998,8 @@ def write_release(root: Path, out: Path) -> str:
     _copy_package(package, out / "grader")
     released = out / "grader" / "exercises" / RELEASED
     released.mkdir(parents=True)
+    (released / "__init__.py").write_text('"""The recorded public checks (NAME.pt) and their code (NAME.py)."""\n',
+                                          encoding="utf-8")
     (out / "grader" / "exercises" / "__init__.py").write_text(EXERCISES_INIT, encoding="utf-8")
     lines = []
     for name in names:
@@ -333,12 +1007,12 @@ def write_release(root: Path, out: Path) -> str:
         target = out / "exercises" / name / f"{name}.ipynb"
         target.parent.mkdir(parents=True)
         target.write_text(nbformat.writes(student_notebook(solution, name)) + "\n", encoding="utf-8")
-        data = record_exercise(name)
+        data = record_exercise(name, released)
         torch.save(data, released / f"{name}.pt")
         recorded = sum(len(c["tests"]) for c in data["checks"])
-        lines.append(f"  {name}: {len(data['checks'])} public checks as values ({recorded} tests)"
-                     + (f"; {len(data['not_released'])} public tests judged by code are left to grade submit"
-                        if data["not_released"] else ""))
+        lines.append(f"  {name}: {recorded} of {recorded + len(data['not_released'])} public tests held "
+                     f"({len(data['checks'])} checks)" + (f"; left to grade submit: {'; '.join(data['not_released'])}"
+                                                           if data["not_released"] else ""))
     (out / "pyproject.toml").write_text(PYPROJECT.format(version=__version__), encoding="utf-8")
     (out / "README.md").write_text(README, encoding="utf-8")
     return "\n".join([f"{out}: the student release ({len(names)} exercises; no reference, no solutions)", *lines])
