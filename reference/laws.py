@@ -956,3 +956,164 @@ def weighted_chi2_bounds(weights: torch.Tensor, level: float) -> tuple[float, fl
 
     top = 1 / float(c.max())
     return golden(-1e3 * top, -1e-12 * top, -1), golden(1e-12 * top, top * (1 - 1e-9), +1)
+
+
+# ---------------------------------------------------------------------------------------------
+# DPM-Solver++(2M) (dpm_solver): its affine map, the exact flow of the probability-flow ODE, its order
+# ---------------------------------------------------------------------------------------------
+#
+# With the optimal ε of Gaussian data the data prediction is affine, x̂₀(x, t) = μ + g_t·(x − α_t·μ) with
+# g_t = α_t·s²/(α_t²·s² + σ_t²) (= E[x₀ | x_t]), and both steps of DPM-Solver++ are affine in (x_t, x̂₀,
+# x̂₀_last), so the sampler from x_T is x = P·x_T + Q per coordinate. Written here with e^{−h} =
+# (α_t·σ_prev)/(σ_t·α_prev), so that −α_prev·(e^{−h} − 1) = α_prev − α_t·σ_prev/σ_t, finite at σ_prev = 0.
+# The probability-flow ODE moves the marginal N(α·μ, α²s² + σ²) onto itself monotonically, coordinate by
+# coordinate, so its exact flow from t to t′ is x′ = α′μ + √((α′²s² + σ′²)/(α²s² + σ²))·(x − αμ).
+
+__all__ += ["dpm_solver_sample_affine", "dpm_solver_sample_law", "pf_ode_flow", "dpm_solver_exact_endpoint",
+            "lambda_uniform_alphas_cumprod", "convergence_order"]
+
+
+def _alpha_sigma(alphas_cumprod: torch.Tensor, t: int, data: GaussianData) -> tuple[torch.Tensor, torch.Tensor]:
+    a = _alpha_bar(alphas_cumprod, t, data)
+    return a.sqrt(), (1 - a).sqrt()
+
+
+def _dpm_lambda64(alpha: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    return alpha.log() - sigma.log()
+
+
+def dpm_solver_sample_affine(data: GaussianData, alphas_cumprod: torch.Tensor, num_steps: int, *,
+                             first_order_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(P, Q) of ``dpm_solver_sample`` from a given x_T with the optimal ε of ``data``: the output is P·x_T + Q.
+
+    Walks ``dpm_solver_timesteps`` (restated here as numpy's linspace), first-order at the first step and at
+    the last one, 2M in between (``first_order_only``: DDIM, every step first order). Derived in ᾱ with the
+    affine x̂₀ (the section's comment), independently of ``reference.dpm_solver``'s code; float64.
+    """
+    mu, s2 = _params(data)
+    T = alphas_cumprod.shape[0]
+    step = (T - 1) / num_steps
+    ts = ([round(i * step) for i in range(1, num_steps)] + [T - 1])[::-1]
+    p, q = torch.ones_like(mu), torch.zeros_like(mu)  # x = p·x_T + q
+    last = None  # (p, q) of x̂₀ at the step before, and its λ
+    for i, t in enumerate(ts):
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        alpha, sigma = _alpha_sigma(alphas_cumprod, t, data)
+        alpha_p, sigma_p = _alpha_sigma(alphas_cumprod, t_prev, data)
+        g = alpha * s2 / (alpha**2 * s2 + sigma**2)
+        x0 = (g * p, mu + g * (q - alpha * mu))  # x̂₀ = μ + g·(x − α·μ)
+        c = alpha_p - alpha * sigma_p / sigma  # −α_prev·(e^{−h} − 1)
+        lam = _dpm_lambda64(alpha, sigma)
+        if i == 0 or t_prev < 0 or first_order_only:
+            d = x0
+        else:
+            r = (lam - last[1]) / (_dpm_lambda64(alpha_p, sigma_p) - lam)
+            d = tuple(u + 0.5 * (u - v) / r for u, v in zip(x0, last[0]))  # D₀ + ½·D₁
+        p, q = sigma_p / sigma * p + c * d[0], sigma_p / sigma * q + c * d[1]
+        last = (x0, lam)
+    return p, q
+
+
+def dpm_solver_sample_law(data: GaussianData, alphas_cumprod: torch.Tensor, num_steps: int,
+                          x_T: torch.Tensor | None = None, x_T_law: Law | None = None) -> Law:
+    """The exact law of ``dpm_solver_sample`` with the optimal ε-model of ``data`` (x_T given, its law, or N(0, I)).
+
+    The sampler is deterministic and affine in x_T (:func:`dpm_solver_sample_affine`): from a fixed x_T the
+    mean *is* the output and the variance is 0; from x_T ~ N(m, v) the output is N(P·m + Q, P²·v).
+    """
+    return affine_law(_start_law(data, x_T, x_T_law), *dpm_solver_sample_affine(data, alphas_cumprod, num_steps), 0.0)
+
+
+def pf_ode_flow(data: GaussianData, alphas_cumprod: torch.Tensor, t: int, t_to: int, x: torch.Tensor) -> torch.Tensor:
+    """The exact solution at t_to of the probability-flow ODE started at x_t = x, for Gaussian data (float64).
+
+    x′ = α′·μ + √((α′²s² + σ′²)/(α²s² + σ²))·(x − α·μ): the monotone map of N(αμ, α²s² + σ²) onto
+    N(α′μ, α′²s² + σ′²), which is what the ODE's flow is in one dimension (it carries each marginal onto the
+    next and cannot cross trajectories), coordinate by coordinate. ``t_to < 0`` is the data.
+    """
+    mu, s2 = _params(data)
+    alpha, sigma = _alpha_sigma(alphas_cumprod, t, data)
+    alpha_to, sigma_to = _alpha_sigma(alphas_cumprod, t_to, data)
+    scale = ((alpha_to**2 * s2 + sigma_to**2) / (alpha**2 * s2 + sigma**2)).sqrt()
+    return alpha_to * mu + scale * (x.to(torch.float64) - alpha * mu)
+
+
+def dpm_solver_exact_endpoint(data: GaussianData, alphas_cumprod: torch.Tensor, num_steps: int,
+                              x_T: torch.Tensor) -> torch.Tensor:
+    """What ``dpm_solver_sample`` would return if every step but the last were exact: the ODE's exact flow from
+    T − 1 to the last timestep t_L, then the last, first-order step to the data, x̂₀(x_{t_L}, t_L) = E[x₀ | x_{t_L}].
+
+    The last step is first order by design (its h is infinite) and its error, the shrinkage of E[x₀ | x_{t_L}]
+    against the flow, is O(σ²_{t_L}): it would make any sampler look first order. Measured against this
+    endpoint, a sampler's error is its error at t_L times the last step's slope g_{t_L} (≈ 1/α_{t_L}), which is
+    what the solver's order governs.
+    """
+    mu, s2 = _params(data)
+    T = alphas_cumprod.shape[0]
+    t_last = round((T - 1) / num_steps) if num_steps > 1 else T - 1
+    x = pf_ode_flow(data, alphas_cumprod, T - 1, t_last, x_T)
+    alpha, sigma = _alpha_sigma(alphas_cumprod, t_last, data)
+    return mu + alpha * s2 / (alpha**2 * s2 + sigma**2) * (x - alpha * mu)
+
+
+def lambda_uniform_alphas_cumprod(T: int, lambda_max: float = 5.0, lambda_min: float = -5.0) -> torch.Tensor:
+    """A float64 schedule ᾱ_t = sigmoid(2λ_t) with λ_t linear in t, from λ_max at t = 0 to λ_min at t = T − 1.
+
+    ᾱ = α²/(α² + σ²) = 1/(1 + e^{−2λ}). Timesteps equally spaced in t are then equally spaced in λ (exactly
+    when num_steps divides T − 1), so every step of DPM-Solver has the same h = (λ_max − λ_min)/num_steps and
+    r = 1: the regime in which its order of convergence is defined. The defaults span ᾱ from 0.99995 to
+    4.5e-5, as the course's linear schedule does (ᾱ_0 = 0.9999, ᾱ_999 = 4.0e-5).
+    """
+    lam = lambda_max + (lambda_min - lambda_max) * torch.arange(T, dtype=torch.float64) / (T - 1)
+    return torch.sigmoid(2 * lam)
+
+
+def convergence_order(nfes, errors) -> float:
+    """The order p of error ∝ NFE^{−p}: minus the least-squares slope of log(error) against log(NFE)."""
+    x = torch.log(torch.as_tensor(nfes, dtype=torch.float64))
+    y = torch.log(torch.as_tensor(errors, dtype=torch.float64))
+    x, y = x - x.mean(), y - y.mean()
+    return float(-(x * y).sum() / (x * x).sum())
+
+
+__all__ += ["dpm_solver_chain_terms_size"]
+
+
+def dpm_solver_chain_terms_size(data: GaussianData, alphas_cumprod: torch.Tensor, num_steps: int,
+                                x_T: torch.Tensor) -> torch.Tensor:
+    """The size that round-off along ``dpm_solver_sample`` from x_T is relative to (float64, per element).
+
+    Each operation errs relative to the size of its operands, and an error is carried by the chain's slopes
+    (the map is affine): with x̂₀ = (x − σ·ε)/α, an error δ in x gives g·δ in x̂₀ (g = ∂E[x₀|x]/∂x) plus x̂₀'s
+    own round-off, relative to (|x| + σ·|ε|)/α (1/α reaches 160 at the end of the linear schedule, 2·10⁴ at
+    that of the cosine one); a step x′ = ρ·x + c·D (D = x̂₀, or D₀ + ½D₁ with D₁ = (x̂₀ − x̂₀_last)/r) carries
+    the error of x by |ρ| and that of D by |c|, and adds its own terms |ρ·x| + |c|·|D|. The result bounds a
+    correct implementation's error in units of the relative round-off of one operation.
+    """
+    mu, s2 = _params(data)
+    T = alphas_cumprod.shape[0]
+    step = (T - 1) / num_steps
+    ts = ([round(i * step) for i in range(1, num_steps)] + [T - 1])[::-1]
+    x = x_T.to(torch.float64)
+    size_x = torch.zeros_like(x)
+    last = None  # (x̂₀, its error size, λ) of the step before
+    for i, t in enumerate(ts):
+        t_prev = ts[i + 1] if i + 1 < len(ts) else -1
+        alpha, sigma = _alpha_sigma(alphas_cumprod, t, data)
+        alpha_p, sigma_p = _alpha_sigma(alphas_cumprod, t_prev, data)
+        v = alpha**2 * s2 + sigma**2
+        eps = sigma * (x - alpha * mu) / v
+        x0 = (x - sigma * eps) / alpha
+        size_x0 = alpha * s2 / v * size_x + (x.abs() + sigma * eps.abs() + sigma**2 * (x.abs() + alpha * mu.abs()) / v) / alpha
+        lam = _dpm_lambda64(alpha, sigma)
+        c = alpha_p - alpha * sigma_p / sigma
+        if i == 0 or t_prev < 0:
+            d, size_d = x0, size_x0
+        else:
+            r = (lam - last[2]) / (_dpm_lambda64(alpha_p, sigma_p) - lam)
+            d = x0 + 0.5 * (x0 - last[0]) / r
+            size_d = size_x0 * (1 + 0.5 / r.abs()) + last[1] * 0.5 / r.abs() + 0.5 * (x0 - last[0]).abs() / r.abs()
+        x_next = sigma_p / sigma * x + c * d
+        size_x = sigma_p / sigma * (size_x + x.abs()) + c.abs() * (size_d + d.abs())
+        last, x = (x0, size_x0, lam), x_next
+    return size_x
