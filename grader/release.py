@@ -33,6 +33,7 @@ released either: the release has no reference to build it from.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import hashlib
 import importlib
@@ -355,6 +356,8 @@ class Encoder:
                 if "<locals>" not in qualname:
                     return {"import": f"{module}:{qualname}"}
                 return self.closure(v, f"{module}:{qualname}")
+            if ship and _is_declaration(module) and v.__name__ == "<lambda>":
+                return self.ship_lambda(v)
             if ship and _is_declaration(module) and v.__name__ != "<lambda>":
                 if "<locals>" not in qualname:
                     self.ship(v)
@@ -395,6 +398,29 @@ class Encoder:
         for global_name in _global_names(fn.__code__):
             if global_name in fn.__globals__:
                 self.bind(global_name, fn.__globals__[global_name])
+
+    def ship_lambda(self, fn: types.FunctionType) -> dict:
+        """A declaration's lambda, copied as ``def _lambda_N(free variables): return (lambda ...)``."""
+        source = inspect.getsource(sys.modules[fn.__module__])
+        found = []
+        for node in ast.walk(ast.parse(source)):
+            if isinstance(node, ast.Lambda) and node.lineno == fn.__code__.co_firstlineno:
+                segment = ast.get_source_segment(source, node)
+                free = fn.__code__.co_freevars
+                text = f"def _factory({', '.join(free)}):\n    return ({segment})\n"
+                inner = _inner_code(compile(text, "<lambda>", "exec").co_consts[0], "_factory.<locals>.<lambda>")
+                if inner is not None and inner.co_code == fn.__code__.co_code and inner.co_names == fn.__code__.co_names:
+                    found.append(text)
+        if len(set(found)) != 1:
+            raise Unencodable(f"the source of a lambda of {fn.__module__}")
+        name = next((n for n, o in self.shipped_objects.items() if o is fn), f"_lambda_{len(self.shipped)}")
+        if name not in self.shipped:
+            self.shipped_objects[name] = fn
+            self.shipped[name] = found[0].replace("def _factory(", f"def {name}(", 1)
+            for global_name in _global_names(fn.__code__):
+                if global_name in fn.__globals__:
+                    self.bind(global_name, fn.__globals__[global_name])
+        return self.closure(fn, f"@shipped:{name}.<locals>.<lambda>", ship=True)
 
     def bind(self, name: str, value: Any) -> None:
         if name in self.bound:
@@ -830,10 +856,20 @@ def _validate(check: Any, data: dict, env: Released, reference: dict, exercise: 
         ctx = _context(dict(reference), exercise)
         for index in range(len(data["cases"])):
             inputs = replay.build(index, ctx)
-            for diagnosis in replay.diagnoses:  # a hint names a mistake by its values on every input: record them
+            # Asked only on a failure: every reference (the second where the first disagrees), the scale, and
+            # each known mistake (a hint names one by its values on every input).
+            asked = [d.wrong for d in replay.diagnoses]
+            references = getattr(replay, "reference", None)
+            asked += list(references) if isinstance(references, tuple) else [references] if references else []
+            for callee in asked:
                 try:
-                    inputs.call_reference(diagnosis.wrong)
-                except Exception:  # noqa: BLE001 -- the mistake has no value here: recorded as raising
+                    inputs.call_reference(callee)
+                except Exception:  # noqa: BLE001 -- no value here: recorded as raising
+                    pass
+            if getattr(replay, "scale", None) is not None:
+                try:
+                    replay.scale(inputs.in_float64())
+                except Exception:  # noqa: BLE001
                     pass
         replay.run(ctx)
     except Exception:  # noqa: BLE001 -- a check that cannot even run on the reference is not released
