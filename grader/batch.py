@@ -35,9 +35,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import queue
 import threading
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from grader._version import __version__
@@ -244,14 +245,6 @@ def _row_from(item: Item, exit_status: int | None, error: str, results: dict | N
     return Row(item, FAILED, None, error, exit_status)
 
 
-def grade_local(item: Item, out: Path, options: SubmitOptions) -> Row:
-    folder = out / item.key
-    folder.mkdir(parents=True, exist_ok=True)
-    exit_status, error = run_submit(submit_command(item.path, folder, options, item.exercise),
-                                    options.timeout + OVERRUN)
-    return _row_from(item, exit_status, error, _read_results(folder) if exit_status in (0, 1) else None)
-
-
 def grade_remote(notebook: bytes, name: str, parent: str, options: SubmitOptions, exercise: str | None) -> dict:
     """A Dask task: grade one notebook's bytes in a fresh ``grade submit`` on this worker; its outputs as bytes.
 
@@ -283,6 +276,283 @@ def _row_from_remote(item: Item, out: Path, outcome: dict) -> Row:
     exit_status = outcome.get("exit")
     return _row_from(item, exit_status, outcome.get("error", ""),
                      _read_results(folder) if exit_status in (0, 1) else None)
+
+
+# ----------------------------------------------------------------------------------------- job slots
+
+#: Lines of a slot's standard error kept, to say why it died.
+SLOT_STDERR_LINES = 20
+
+
+class _Slot:
+    """One job slot of a local batch: a long-lived grading process (:func:`serve_slot`) and its queue.
+
+    The process pays the grader's imports once and, while one submission is being
+    checked, launches the next one's sandboxed kernel (a fresh working folder, fresh
+    namespaces, limits and walls, torch pre-imported), so that kernel is booting, not
+    waiting to be started, when its turn comes. Each kernel serves exactly one
+    submission and is killed as one tree after it (:class:`grader.submit.Grading`).
+
+    This side holds the clock: a submission gets ``--timeout`` plus :data:`OVERRUN` from
+    the moment it becomes the process's current one. A process that overruns is killed
+    (its kernels die with it: PR_SET_PDEATHSIG), its submission is "timed out"; one that
+    dies leaves its submission "grader failed" (tried again by a rerun). Either way the
+    submission it had been handed next goes to a fresh process and the batch carries on.
+    """
+
+    def __init__(self, out: Path, options: SubmitOptions, take, finish) -> None:
+        self.out, self.options, self.take, self.finish = out, options, take, finish
+        self.process: subprocess.Popen | None = None
+        self.lines: "queue.Queue[dict | None]" = None  # type: ignore[assignment]
+        self.stderr: list[str] = []
+
+    def run(self) -> None:
+        pending: list[tuple[Item, str]] = []  # handed to the process, in order; [0] is its current one
+        while True:
+            if not pending:
+                job = self.take()
+                if job is None:
+                    break
+                pending.append(job)
+            if self.process is None:
+                self._start()
+                for item, _ in pending:
+                    self._send(item)
+            self._serve(pending)
+        self._stop()
+
+    def _serve(self, pending: list[tuple[Item, str]]) -> None:
+        """Answer the process until ``pending`` is empty or the process is gone (then it is restarted)."""
+        deadline = time.monotonic() + self.options.timeout + OVERRUN
+        while pending:
+            try:
+                message = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                item, digest = pending.pop(0)
+                self._kill()
+                self.finish(Row(item, TIMED_OUT, None, f"grading took longer than "
+                                f"{self.options.timeout + OVERRUN:.0f} s and was stopped", None), digest)
+                return
+            if message is None:  # the process is gone
+                item, digest = pending.pop(0)
+                code = self._kill()
+                why = one_line(" ".join(self.stderr[-3:])) if self.stderr else ""
+                self.finish(Row(item, FAILED, None, one_line(f"the grading process died ({_exit_words(code)})"
+                                                             + (f": {why}" if why else "")), None), digest)
+                return
+            if message.get("want"):
+                job = self.take()
+                if job is not None:
+                    pending.append(job)
+                self._send(job[0] if job is not None else None)
+            elif "done" in message and message.get("done") == pending[0][0].key:
+                item, digest = pending.pop(0)
+                exit_status = message.get("exit")
+                exit_status = exit_status if isinstance(exit_status, int) else 2
+                error = one_line(str(message.get("error", "")))
+                folder = self.out / item.key
+                self.finish(_row_from(item, exit_status, error,
+                                      _read_results(folder) if exit_status in (0, 1) else None), digest)
+                deadline = time.monotonic() + self.options.timeout + OVERRUN
+
+    def _start(self) -> None:
+        command = [sys.executable, "-m", "grader.batch", "--slot", str(self.out)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the grader's own process: small tensors
+        self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                        env=env, preexec_fn=_die_with_parent if os.name == "posix" else None)
+        with _RUNNING_LOCK:
+            _RUNNING.add(self.process)
+        self.lines = queue.Queue()
+        self.stderr = []
+        process, lines, stderr = self.process, self.lines, self.stderr
+
+        def read_stdout() -> None:
+            for raw in process.stdout:
+                try:
+                    message = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(message, dict):
+                    lines.put(message)
+            lines.put(None)
+
+        def read_stderr() -> None:
+            for raw in process.stderr:
+                stderr.append(raw.decode("utf-8", errors="replace").rstrip("\n"))
+                del stderr[:-SLOT_STDERR_LINES]
+
+        threading.Thread(target=read_stdout, daemon=True).start()
+        threading.Thread(target=read_stderr, daemon=True).start()
+        self._write({"options": _options_to_json(self.options)})
+
+    def _send(self, item: Item | None) -> None:
+        job = None if item is None else {"key": item.key, "path": str(item.path), "exercise": item.exercise,
+                                         "out": str(self.out / item.key)}
+        if item is not None:
+            (self.out / item.key).mkdir(parents=True, exist_ok=True)
+        self._write(job)
+
+    def _write(self, message) -> None:
+        try:
+            self.process.stdin.write((json.dumps(message) + "\n").encode())
+            self.process.stdin.flush()
+        except (BrokenPipeError, OSError):
+            pass  # the process is gone: its stdout's end says so
+
+    def _kill(self) -> int | None:
+        process, self.process = self.process, None
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.kill()
+        code = process.wait()
+        with _RUNNING_LOCK:
+            _RUNNING.discard(process)
+        return code
+
+    def _stop(self) -> None:
+        """No more work: close the process's input (it exits after its last submission) and wait."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        try:
+            process.stdin.close()
+        except OSError:
+            pass
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        with _RUNNING_LOCK:
+            _RUNNING.discard(process)
+
+
+def _exit_words(code: int | None) -> str:
+    if code is None:
+        return "no exit status"
+    if code < 0:
+        try:
+            return f"killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return f"exit status {code}"
+
+
+def _options_to_json(options: SubmitOptions) -> dict:
+    import dataclasses
+
+    fields = dataclasses.asdict(options)
+    fields.pop("out", None)
+    fields.pop("exercise", None)
+    return fields
+
+
+def _options_from_json(fields: dict) -> SubmitOptions:
+    from grader.sandbox.kernel import Limits
+
+    return SubmitOptions(**{**fields, "limits": Limits(**fields["limits"])})
+
+
+def serve_slot(out: str) -> int:
+    """The process of one job slot (``python -m grader.batch --slot OUT``): grade what arrives on stdin.
+
+    Input, one JSON value a line: ``{"options": {...}}`` first, then jobs
+    ``{"key", "path", "exercise", "out"}``; ``null`` or the end of input means no more.
+    Output, one JSON object a line, on the process's original standard output (the
+    grader's own prints go to standard error): ``{"want": true}`` asks for the next
+    job (answered at once, with a job or ``null``), ``{"done": key, "exit": 0|1|2,
+    "error": "grade: error: ..."}`` reports one submission exactly as ``grade submit``'s
+    exit status and error line would. Student code never runs here: each submission
+    runs in its own sandboxed kernel, launched one submission ahead.
+    """
+    from grader.cli import _terminate_cleanly
+
+    channel = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
+    os.dup2(2, 1)  # whatever the grader prints goes to stderr, never into the channel
+    sys.stdout = sys.stderr
+    _terminate_cleanly()
+
+    def read():
+        line = sys.stdin.readline()
+        if not line:
+            return None
+        try:
+            return json.loads(line)
+        except ValueError:
+            return None
+
+    def send(message: dict) -> None:
+        channel.write(json.dumps(message) + "\n")
+
+    first = read()
+    if not isinstance(first, dict) or "options" not in first:
+        return 2
+    options = _options_from_json(first["options"])
+    held: list = []  # every Grading this process made and has not closed: closed on the way out
+    current = _begin(read(), options, held)
+    try:
+        while current is not None:
+            job, grading, failure = current
+            if failure is None:
+                failure = _guard(grading.run_notebook)
+            send({"want": True})
+            following = _begin(read(), options, held)  # its kernel boots while this one is checked
+            exit_status, error = failure if failure is not None else _finish(grading, job)
+            if grading is not None:
+                grading.close()
+                held.remove(grading)
+            send({"done": job["key"], "exit": exit_status, "error": error})
+            current = following
+    finally:
+        for grading in held:
+            grading.close()
+    return 0
+
+
+def _begin(job, options: SubmitOptions, held: list):
+    """``(job, Grading | None, failure | None)``, the job's kernel launched; None when there is no job."""
+    import dataclasses
+
+    from grader.submit import Grading
+
+    if not isinstance(job, dict):
+        return None
+    mine = dataclasses.replace(options, out=Path(job["out"]), exercise=job.get("exercise"))
+    made: list = []
+    failure = _guard(lambda: made.append(Grading(job["path"], mine)))
+    held.extend(made)
+    return job, (made[0] if made else None), failure
+
+
+def _guard(step) -> tuple[int, str] | None:
+    """None when ``step()`` ran; else ``grade submit``'s exit status and error line for what it raised."""
+    from grader.errors import GraderError
+
+    try:
+        step()
+        return None
+    except GraderError as exc:
+        return exc.exit_code, f"grade: error: {exc}"
+    except KeyboardInterrupt:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- as grade submit's: an internal error, never a traceback
+        return 2, f"grade: internal error: {type(exc).__name__}: {exc} (please report this)"
+
+
+def _finish(grading, job: dict) -> tuple[int, str]:
+    """Check, write the feedback (after the kernel's tree is gone); ``(exit status, error line)``."""
+    done: list = []
+
+    def step():
+        from grader.render import write_outputs
+
+        result, notebook = grading.check()
+        write_outputs(result, notebook, Path(job["out"]))
+        done.append(0 if result.full_marks else 1)
+
+    failure = _guard(step)
+    return failure if failure is not None else (done[0], "")
 
 
 # ----------------------------------------------------------------------------------------- records
@@ -388,19 +658,43 @@ def _outcome(row: Row) -> str:
 
 
 def _run_local(todo: list[tuple[Item, str]], out: Path, options: SubmitOptions, jobs: int, finish) -> None:
-    pool = ThreadPoolExecutor(max_workers=jobs)
-    running = {pool.submit(grade_local, item, out, options): (item, digest) for item, digest in todo}
+    """``jobs`` slots (:class:`_Slot`), each a long-lived grading process fed from one shared queue."""
+    waiting = list(todo)
+    lock = threading.Lock()
+
+    def take() -> tuple[Item, str] | None:
+        with lock:
+            return waiting.pop(0) if waiting else None
+
+    errors: list[BaseException] = []
+    stopped = threading.Event()
+
+    def finish_unless_stopped(row: Row, digest: str) -> None:
+        if not stopped.is_set():  # after an interrupt, a slot's end is not a grading's: nothing is recorded
+            finish(row, digest)
+
+    def slot_loop() -> None:
+        try:
+            _Slot(out, options, take, finish_unless_stopped).run()
+        except BaseException as exc:  # noqa: BLE001 -- handed to the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=slot_loop, name=f"grade-slot-{n}", daemon=True)
+               for n in range(min(jobs, len(todo)))]
+    for thread in threads:
+        thread.start()
     try:
-        while running:
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                item, digest = running.pop(future)
-                finish(future.result(), digest)
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.5)
     except BaseException:  # interrupted: nothing half-done is recorded, so a rerun grades it again
-        pool.shutdown(wait=False, cancel_futures=True)
+        stopped.set()
+        with lock:
+            waiting.clear()
         stop_running()
         raise
-    pool.shutdown()
+    if errors:
+        raise errors[0]
 
 
 def _run_dask(todo: list[tuple[Item, str]], out: Path, options: SubmitOptions, scheduler: str, jobs: int,
@@ -491,3 +785,7 @@ def grade_batch(submissions: Path, out: Path | None, *, jobs: int | None, exerci
     print(f"{len(final) - len(not_graded)} of {len(final)} submissions graded; gradebook: {out / 'gradebook.csv'}, "
           f"course sheet: {out / 'course.csv'}")
     return 1 if not_graded else 0
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["--slot"]:
+    sys.exit(serve_slot(sys.argv[2]))
