@@ -261,6 +261,8 @@ def _prepared(test: TestResult, by_count: dict[int, int], plots: list[int]) -> d
              for s in details.get("statistics") or [] if isinstance(s, dict)]
     stats.sort(key=lambda s: bool(s.get("passed")))
     plot = details.get("plot")
+    if callable(getattr(plot, "png", None)):  # a ResidualPlot: drawn here, in the report step only
+        plot = plot.png()
     if not isinstance(plot, str) or len(plot) > PLOT_CHARS or plots[0] + len(plot) > PLOTS_CHARS:
         plot = None if not plot else ""  # "": there was one, too large to embed
     else:

@@ -5,7 +5,8 @@ with the noise left to the student's own draws, standardises what came back
 against the exact law (``(x − mean)/std``: i.i.d. N(0, 1) when the sampler is
 right) and applies the tests of :mod:`grader.stats`, splitting its level ``alpha``
 between them (Bonferroni). The verdict carries every statistic, its threshold,
-and a histogram of the residuals against N(0, 1).
+and a histogram of the residuals against N(0, 1): a :class:`ResidualPlot`, drawn only
+when the report is written (matplotlib is imported there, once, and never during the checks).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from grader.checks.base import Check, Context, Inputs, Outcome, TestSpec, Verdic
 from grader.checks.compare import Mismatch
 from grader.stats import Statistic
 
-__all__ = ["StatReport", "Statistical", "Unanswered", "residual_plot", "stat_verdict", "value_of"]
+__all__ = ["ResidualPlot", "StatReport", "Statistical", "Unanswered", "residual_plot", "stat_verdict", "value_of"]
 
 
 @dataclass
@@ -100,7 +101,7 @@ def stat_verdict(check, measure: Callable[[], StatReport]) -> Verdict:
     if report.inputs is not None:
         details["input"] = report.inputs.describe()
     if report.residuals is not None:  # passing or not: the report shows a plot for every statistical test
-        details["plot"] = residual_plot(report.residuals, f"{check.function}: {check.name}")
+        details["plot"] = ResidualPlot(_finite(report.residuals), f"{check.function}: {check.name}")
     return Verdict(passed, output, details)
 
 
@@ -119,16 +120,37 @@ def value_of(outcome: Outcome) -> object:
     return outcome.value
 
 
-def residual_plot(residuals: torch.Tensor, title: str) -> str:
-    """A histogram of the standardised residuals against the N(0, 1) density, as base64 PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+def _finite(residuals: torch.Tensor) -> torch.Tensor:
     r = residuals.detach().to("cpu", torch.float64).flatten()
-    r = r[torch.isfinite(r)]
-    fig, ax = plt.subplots(figsize=(5.5, 3.2), dpi=90)
+    return r[torch.isfinite(r)]
+
+
+@dataclass(frozen=True)
+class ResidualPlot:
+    """A residual histogram still to draw: the report step calls :meth:`png` (base64 PNG), results.json never does."""
+
+    residuals: torch.Tensor
+    title: str
+
+    def png(self) -> str:
+        return residual_plot(self.residuals, self.title)
+
+
+def residual_plot(residuals: torch.Tensor, title: str) -> str:
+    """A histogram of the standardised residuals against the N(0, 1) density, as base64 PNG.
+
+    Drawn on a bare Agg canvas (no pyplot: no backend switch, no global figure list) with fixed
+    margins instead of ``tight_layout``, which drew the figure a second time to measure its labels
+    (a third of the plot's cost); the margins fit the fixed size, font sizes and one-line title.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    r = _finite(residuals)
+    fig = Figure(figsize=(5.5, 3.2), dpi=90)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.15, top=0.91)
     if r.numel():
         low, high = min(-5.0, float(r.quantile(0.001))), max(5.0, float(r.quantile(0.999)))
         ax.hist(r.clamp(low, high).numpy(), bins=80, range=(low, high), density=True, alpha=0.6,
@@ -143,8 +165,6 @@ def residual_plot(residuals: torch.Tensor, title: str) -> str:
     ax.set_xlabel("(x − expected mean) / expected std")
     if r.numel():
         ax.legend(fontsize=8)
-    fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png")
-    plt.close(fig)
     return base64.b64encode(buffer.getvalue()).decode()

@@ -168,3 +168,38 @@ def test_terminal_summary_shows_the_smallest_input_and_each_failing_statistic() 
     assert not re.search(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]", text)
     quiet = terminal_summary(result, quiet=True)
     assert "\n" not in quiet and quiet.startswith("q_sampler: 2 / 25 points")
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch: 3-20 s on the loaded 2 cores
+def test_plots_are_drawn_in_the_report_step_only() -> None:
+    """Does a statistical verdict carry its histogram undrawn (no matplotlib during the checks), drawn by the report?
+
+    A fresh interpreter runs a statistical check's verdict: matplotlib must not be imported by it; the
+    report then draws a PNG that decodes, and results.json's extra data holds no plot.
+    """
+    import json
+    import subprocess
+    import sys
+
+    code = """
+import sys, json, torch
+from grader.checks.statistical import StatReport, stat_verdict
+from grader.stats import mean_z
+class C: function, name, alpha, derivation = "q_sample", "noise=None", 1e-6, "exact"
+r = torch.randn(4096, generator=torch.Generator().manual_seed(0))
+v = stat_verdict(C, lambda: StatReport([mean_z(r, 1e-6)], residuals=r))
+during = "matplotlib" in sys.modules
+from grader.results import GradingResult, TestResult
+from grader.render import render_html
+t = TestResult("1", "q_sample: noise=None", "q_sample", "statistical", v.passed, 1.0, 1.0, v.output, v.details)
+res = GradingResult("q_sample", "nb.ipynb", [t], 0, "cpu", "0")
+html = render_html(res)
+print(json.dumps({"during": during, "kind": type(v.details["plot"]).__name__, "html": html,
+                  "json": json.dumps(res.to_gradescope(), default=str)}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["kind"] == "ResidualPlot" and not seen["during"]
+    png = re.search(r'<img class="plot"[^>]*src="data:image/png;base64,([^"]+)"', seen["html"]).group(1)
+    assert base64.b64decode(png).startswith(b"\x89PNG\r\n\x1a\n")
+    assert "ResidualPlot" not in seen["json"] and "iVBOR" not in seen["json"]
