@@ -639,6 +639,142 @@ def recorded_check(data: dict, env: Released, log: set | None = None) -> Any:
     return check
 
 
+# ----------------------------------------------------------------------------------------- toy models
+
+#: How each toy model of :data:`grader.sandbox.models.FACTORIES` is called: at a timestep t (an index), at a
+#: noise level σ (a float), at one fixed level, and whether it takes a class label. The release tabulates a
+#: model that is affine in x at each level (the course's Gaussian toys), as :func:`_affine_model` replays.
+MODEL_LEVELS = {"gaussian_eps": ("timestep", False), "class_gaussian_eps": ("timestep", True),
+                "gaussian_score_ve": ("noise level", False), "gaussian_score": ("none", False)}
+
+#: A σ the student's code asks for matches a tabulated one within this relative distance: a level given in
+#: float64 and passed on in float32 moves by ≤ 6e-8 relative; 1e-6 leaves a margin, far below the gaps between
+#: the levels the checks use (≥ 1e-3 relative).
+LEVEL_MATCH = 1e-6
+
+
+def _affine_model(params: dict) -> Callable:
+    """The model a release carries: ``slope[i] * x + offset[i]`` at level ``i`` (and class), in float64, cast."""
+    levels, slope, offset = params["_levels"], params["_slope"], params["_offset"]
+    kind, conditional, dtype = params["_level_kind"], params["_conditional"], getattr(torch, params["_dtype"])
+
+    def index(level: Any, rows: int) -> torch.Tensor:
+        if kind == "none":
+            return torch.zeros(rows, dtype=torch.long)
+        values = torch.as_tensor(level).detach().to("cpu").flatten()
+        values = values.expand(rows) if values.numel() == 1 else values
+        if kind == "timestep":
+            return values.long()
+        table = levels.to("cpu", torch.float64)
+        found = []
+        for value in values.double().tolist():
+            near = (table - value).abs() <= LEVEL_MATCH * max(abs(value), 1e-12)
+            if not bool(near.any()):
+                raise ValueError(f"the student release recorded this toy model at the noise levels the course's "
+                                 f"checks use, not at σ = {value:.6g}: `grade submit` tests the others")
+            found.append(int(near.nonzero()[0]))
+        return torch.tensor(found, dtype=torch.long)
+
+    def model(x: torch.Tensor, level: Any = None, cond: Any = None) -> torch.Tensor:
+        placed = [a.device.type for a in (x, level, cond) if isinstance(a, torch.Tensor)]
+        if (conditional and len(set(placed)) > 1) or x.device.type != slope.device.type:
+            raise RuntimeError(f"Expected all tensors to be on the same device, but found x on {x.device} and "
+                               f"the model on {slope.device}")
+        out = torch.promote_types(x.dtype, dtype)
+        if x.device.type == "meta":
+            return torch.empty(x.shape, dtype=out, device=x.device)
+        i = index(level, x.shape[0]).to(slope.device)
+        if conditional:
+            c = torch.as_tensor(cond).to(slope.device).long()
+            a, b = slope[i, c], offset[i, c]
+        else:
+            a, b = slope[i], offset[i]
+        return (a * x.double() + b).to(out)
+
+    return model
+
+
+def _level_values(value: Any) -> set[float]:
+    """Every float the inputs hold (numbers, small tensors, in any container): the σ a sampler may ask about."""
+    if isinstance(value, torch.Tensor):
+        if value.is_floating_point() and value.ndim <= 1 and value.numel() <= 4096:
+            return {float(v) for v in value.detach().to("cpu").double().flatten().tolist()}
+        return set()
+    if isinstance(value, float):
+        return {value}
+    if isinstance(value, dict):
+        return {v for x in value.values() for v in _level_values(x)}
+    if isinstance(value, (list, tuple)):
+        return {v for x in value for v in _level_values(x)}
+    return set()
+
+
+def _tabulated(spec: dict, inputs: Inputs) -> dict:
+    """A toy model's spec with its values tabulated at every level (``_affine_model``'s), or :class:`Unencodable`."""
+    from grader.sandbox import models
+
+    if spec["kind"] not in MODEL_LEVELS:
+        raise Unencodable(f"the toy model {spec['kind']!r}")
+    kind, conditional = MODEL_LEVELS[spec["kind"]]
+    params = {k: v.detach().to("cpu", torch.float64) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
+              for k, v in spec["params"].items()}
+    dtype = next((v.dtype for v in spec["params"].values() if isinstance(v, torch.Tensor) and v.is_floating_point()),
+                 torch.float64)
+    model = models.FACTORIES[spec["kind"]](params)
+    shape = tuple(params["means" if conditional else "mean"].shape[1 if conditional else 0:])
+    if kind == "timestep":
+        levels = torch.arange(len(params["alphas_cumprod"]), dtype=torch.float64)
+    elif kind == "noise level":
+        levels = torch.tensor(sorted(_level_values([inputs.args, inputs.kwargs, inputs.meta, inputs.hidden])),
+                              dtype=torch.float64)
+    else:
+        levels = torch.zeros(1, dtype=torch.float64)
+    classes = params["means"].shape[0] if conditional else 1
+    rows = len(levels) * classes
+    level = levels.long() if kind == "timestep" else levels
+    level = level.repeat_interleave(classes)
+    label = torch.arange(classes).repeat(len(levels))
+
+    def f(x: torch.Tensor) -> torch.Tensor:
+        if kind == "none":
+            return model(x)
+        return model(x, level, label) if conditional else model(x, level)
+
+    zeros, ones = torch.zeros((rows, *shape), dtype=torch.float64), torch.ones((rows, *shape), dtype=torch.float64)
+    offset = f(zeros)
+    slope = f(ones) - offset
+    x = torch.randn((rows, *shape), generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    if not torch.allclose(f(x), slope * x + offset, rtol=1e-9, atol=1e-9):
+        raise Unencodable(f"the toy model {spec['kind']!r} is not affine in x")
+    table = (len(levels), classes, *shape) if conditional else (len(levels), *shape)
+    place = next((v.device for v in spec["params"].values() if isinstance(v, torch.Tensor)), torch.device("cpu"))
+    return {**spec, "kind": "recorded_affine",
+            "params": {**spec["params"], "_levels": levels.to(place), "_slope": slope.reshape(table).to(place),
+                       "_offset": offset.reshape(table).to(place), "_level_kind": kind,
+                       "_conditional": conditional, "_dtype": str(dtype).removeprefix("torch.")}}
+
+
+def _with_tabulated_models(value: Any, inputs: Inputs) -> Any:
+    from grader.sandbox.wire import SPEC
+
+    if isinstance(value, dict):
+        if value.get(SPEC) == "model":
+            return _tabulated(value, inputs)
+        return {k: _with_tabulated_models(v, inputs) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_with_tabulated_models(v, inputs) for v in value)
+    return value
+
+
+def _register_model() -> None:
+    from grader.sandbox import models
+
+    models.FACTORIES.setdefault("recorded_affine", _affine_model)
+
+
+_register_model()
+
+
 # ----------------------------------------------------------------------------------------- recording
 
 #: Fields of a check that the release replaces: its cases are the recorded inputs.
@@ -686,11 +822,10 @@ def record_check(check: Any, exercise: str, encoder: Encoder | None = None) -> d
         return None
     encoder = encoder or Encoder(Table())
     inputs = _drawn_inputs(check, _context({}, exercise))
-    if any(_model_specs([i.args, i.kwargs, i.hidden]) for i in inputs):
-        return None
     encoder.check = check
     try:
-        cases = [[encoder.encode(part) for part in (i.args, i.kwargs, i.notes, i.meta, i.hidden)] for i in inputs]
+        cases = [[encoder.encode(_with_tabulated_models(part, i)) for part in (i.args, i.kwargs, i.notes, i.meta, i.hidden)]
+                 for i in inputs]
     except Unencodable:
         return None
     fields, dropped = {}, []
