@@ -120,7 +120,7 @@ def digest(value: Any) -> str:
 
 def _storable(value: Any) -> Any:
     """``value`` itself when ``torch.load(weights_only=True)`` can carry it, else :class:`Unencodable`."""
-    if value is None or isinstance(value, (bool, int, float, str, torch.dtype)):
+    if value is None or isinstance(value, (bool, int, float, str, torch.dtype, torch.device, torch.Size)):
         return value
     if isinstance(value, torch.Tensor):
         return value.detach().to("cpu").clone()
@@ -613,6 +613,10 @@ class _Guarded:
             raise Mismatch(f"this student release cannot judge this input ({exc}); `grade submit` does") from None
 
 
+def _not_released(inputs: Inputs, outcome: Outcome) -> None:
+    """The judge of a test this release does not hold: nothing (check() does not report it)."""
+
+
 def recorded_check(data: dict, env: Released, log: set | None = None) -> Any:
     """The public check ``data`` describes (see :func:`record_check`), on its recorded inputs and values.
 
@@ -628,8 +632,11 @@ def recorded_check(data: dict, env: Released, log: set | None = None) -> Any:
     dropped = set(data.get("dropped", ()))
     for name, encoded in data["fields"].items():
         object.__setattr__(check, name, env.decode(encoded))
-    aspects = tuple(dataclasses.replace(a, judge=_Guarded(a.judge, a.name, log))
-                    for a in check.aspects if a.name not in dropped)
+    # A dropped aspect keeps its place (the first aspect's name seeds the check's calls) but judges nothing;
+    # check() leaves it out of what it reports (Exercise.not_released names it).
+    aspects = tuple(dataclasses.replace(a, judge=_Guarded(a.judge, a.name, log)) if a.name not in dropped else
+                    dataclasses.replace(a, judge=_not_released, device=False, shrink=False, gated_by=())
+                    for a in check.aspects)
     object.__setattr__(check, "aspects", aspects)
     n = len(data["cases"])
     object.__setattr__(check, "cases", st.sampled_from(range(n)))
@@ -796,18 +803,6 @@ def _drawn_inputs(check: Any, ctx: Context) -> list[Inputs]:
                                                           check.examples)]
 
 
-def _model_specs(value: Any) -> list[str]:
-    from grader.sandbox.wire import SPEC
-
-    if isinstance(value, dict):
-        if value.get(SPEC) == "model":
-            return [value.get("kind", "?")]
-        return [k for v in value.values() for k in _model_specs(v)]
-    if isinstance(value, (list, tuple)):
-        return [k for v in value for k in _model_specs(v)]
-    return []
-
-
 def record_check(check: Any, exercise: str, encoder: Encoder | None = None) -> dict | None:
     """A public check as data: its class, its fields encoded, its recorded inputs; None if it cannot be.
 
@@ -842,6 +837,7 @@ def record_check(check: Any, exercise: str, encoder: Encoder | None = None) -> d
                 except (Unencodable, OSError, TypeError):
                     encoder.restore(state)
                     dropped.append(aspect.name)
+                    kept.append(encoder.encode(dataclasses.replace(aspect, judge=_not_released, gated_by=())))
             fields["aspects"] = {"tuple": kept}
             continue
         if field_.name == "diagnoses":
