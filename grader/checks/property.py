@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -312,6 +313,64 @@ _DEVICE_MIXING = re.compile(r"is not on the expected device|Expected all tensors
 META = torch.device("meta")
 
 
+def lazy_dynamo_guards(ns):  # no annotations: shipped as source to a process without typing
+    """A probe, run once in the student's process before its first call on meta: no torch._dynamo import for it.
+
+    PyTorch computes most meta results in Python (``torch._refs``), each wrapped by
+    ``torch._disable_dynamo``, whose first call imports torch._dynamo only to build the guard: 2.5-3.7 s
+    on the loaded 2 cores (5-8 s in ``check()``), the bulk of the meta probe's cost. Here every such
+    wrapper gets its cached guard now: a function that calls the wrapped one directly while torch._dynamo
+    is not imported — then nothing can be compiling, so the guard has nothing to disable and the call is the
+    same — and that hands over to the real guard, for good, once torch._dynamo is imported (torch.compile,
+    torch.optim). Only wrappers without a guard yet are touched. Returns how many were given one (0 when
+    this torch's wrapper has another shape: nothing changed, the probe is only slower). ~0.1 s.
+    """
+    import gc
+    import sys
+    import types
+
+    import torch._compile
+
+    code = torch._compile._disable_dynamo(lambda: None).__code__
+    if not {"fn", "recursive"} <= set(code.co_freevars):
+        return 0
+    seeded = 0
+    for obj in gc.get_objects():
+        if type(obj) is not types.FunctionType or obj.__code__ is not code:
+            continue
+        cells = dict(zip(code.co_freevars, (cell.cell_contents for cell in obj.__closure__)))
+        fn, recursive = cells["fn"], cells["recursive"]
+        if getattr(fn, "__dynamo_disable", None) is not None:
+            continue
+
+        def guard(*args, _fn=fn, _recursive=recursive, **kwargs):
+            dynamo = sys.modules.get("torch._dynamo")
+            if dynamo is None:
+                return _fn(*args, **kwargs)
+            real = dynamo.disable(_fn, _recursive, wrapping=False)
+            _fn.__dynamo_disable = real
+            return real(*args, **kwargs)
+
+        fn.__dynamo_disable = guard
+        seeded += 1
+    return seeded
+
+
+#: The runners (one per student process) whose process has had :func:`lazy_dynamo_guards`.
+_GUARDED: "weakref.WeakSet" = weakref.WeakSet()
+
+
+def _prepare_meta(ctx: Context, function: str) -> None:
+    """Run :func:`lazy_dynamo_guards` in the student's process, once per runner, before the first meta call."""
+    try:
+        if ctx.runner in _GUARDED:
+            return
+        _GUARDED.add(ctx.runner)
+    except TypeError:  # a runner that cannot be weakly referenced: prepared every time (0.1 s)
+        pass
+    ctx.call(function, [Inputs({})], lazy_dynamo_guards, tag="meta:prepare")  # its outcome changes no verdict
+
+
 def device_leak(check: Property, case: Any, ctx: Context, tag: str) -> Verdict | None:
     """Run ``case`` with every input on PyTorch's ``meta`` device; a failed verdict if the code is not device-agnostic.
 
@@ -330,6 +389,7 @@ def device_leak(check: Property, case: Any, ctx: Context, tag: str) -> Verdict |
         return None
     if any(isinstance(v, dict) and v.get(SPEC) == "generator" for v in inputs.arguments().values()):
         return None  # no generator lives on meta
+    _prepare_meta(ctx, check.function)
     outcome = ctx.call(check.function, [inputs], check.probe, tag=f"{tag}:meta")[0]
     advice = ("Create new tensors on the inputs' device (device=x.device, torch.zeros_like(x), x.new_tensor(...)) "
               "and keep every step in torch.\nFound by calling it with every input on PyTorch's meta device, which "

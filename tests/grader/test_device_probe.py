@@ -91,3 +91,60 @@ def test_cases_with_a_generator_are_not_probed():
 
     values, device = _grade(f, with_generator=True)
     assert values.passed and device.passed
+
+
+@pytest.mark.slow  # a fresh interpreter importing torch: 3-20 s on the loaded 2 cores
+def test_the_meta_probe_does_not_import_dynamo_and_hands_over_to_it():
+    """After lazy_dynamo_guards, do meta calls raise the same device errors without importing torch._dynamo
+    (2.5-8 s), and does torch.compile still work, the real guards taking over, once it is imported?
+
+    Seen failing without the probe: the first meta multiplication imports torch._dynamo.
+    """
+    import json
+    import subprocess
+    import sys
+
+    code = """
+import json, sys, torch
+from grader.checks.property import lazy_dynamo_guards
+seeded = lazy_dynamo_guards(None)
+x = torch.empty(3, 4, device="meta")
+y = ((x * 2 + 1).sqrt() @ x.T).cumsum(0)
+try:
+    x + torch.ones(3, 4)
+    mixing = ""
+except RuntimeError as exc:
+    mixing = str(exc)
+before = "torch._dynamo" in sys.modules
+compiled = torch.compile(lambda a: (a * 2).sin(), backend="eager")(torch.ones(2)).tolist()
+z = (x * 3).shape
+print(json.dumps({"seeded": seeded, "dynamo_before": before, "mixing": mixing, "compiled": compiled, "z": list(z),
+                  "dynamo_after": "torch._dynamo" in sys.modules}))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    seen = json.loads(out.stdout.strip().splitlines()[-1])
+    assert seen["seeded"] > 100 and not seen["dynamo_before"], seen
+    assert "is not on the expected device" in seen["mixing"]
+    assert seen["compiled"] == pytest.approx([0.9093] * 2, abs=1e-4) and seen["z"] == [3, 4] and seen["dynamo_after"]
+
+
+def test_the_meta_probe_prepares_each_process_once():
+    """Is lazy_dynamo_guards run once per runner (student process), before its first meta call?"""
+    from grader.checks.property import lazy_dynamo_guards
+
+    calls = []
+
+    class Counting(InProcessRunner):
+        def run(self, calls_, seeds):
+            calls.extend(c.get("probe_name", c["function"]) for c in calls_)
+            return super().run(calls_, seeds)
+
+    ns = {"f": lambda x, scale, generator=None: x * scale.to(x.dtype)}
+    check = Agreement(function="f", cases=CASES, build=lambda c, ctx: _build(c, ctx), reference=_reference,
+                      dtype_from="x", device_from="x", points=1, dtype_points=1, max_examples=3)
+    ctx = Context(Counting(ns), torch.device("cpu"), 0, "probe")
+    for _ in range(2):
+        values, device = check.run(ctx)
+        assert values.passed and device.passed
+    assert calls.count(lazy_dynamo_guards.__name__) == 1
+    assert calls.index(lazy_dynamo_guards.__name__) < len(calls) - 1  # before the meta call that followed
