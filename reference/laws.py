@@ -849,7 +849,8 @@ def pc_transition_noises(data: GaussianData, states: list[torch.Tensor], sigmas:
 # the probability-flow step is the same with ½β·s* and S = 0. The law of sde_sample is then exact.
 
 __all__ += ["sde_grid", "sde_steps", "sde_sample_law", "sde_sample_variant_law", "dsm_loss_weights",
-            "dsm_loss_minimum", "weighted_chi2_bounds"]
+            "dsm_loss_minimum", "weighted_chi2_bounds", "weighted_chi2_p_value", "dsm_scale_gap_threshold",
+            "dsm_scale_gap_p_value"]
 
 
 def sde_grid(n_steps: int, eps: float = 1e-3) -> torch.Tensor:
@@ -906,7 +907,8 @@ def sde_sample_variant_law(data: GaussianData, n_steps: int, beta_min: float = 0
     return affine_chain(law, sde_steps(data, n_steps, beta_min, beta_max, eps, probability_flow, **mistake))
 
 
-def dsm_loss_weights(data: GaussianData, t: torch.Tensor, beta_min: float = 0.1, beta_max: float = 20.0) -> torch.Tensor:
+def dsm_loss_weights(data: GaussianData, t: torch.Tensor, beta_min: float = 0.1, beta_max: float = 20.0,
+                     scale: float = 1.0) -> torch.Tensor:
     """c ``(B, *D)`` such that, under the exact score, ``dsm_loss`` of x₀ ~ data is ½ Σ_i c_i·χ²₁ per sample.
 
     Derivation: x_t = a·x₀ + σ·z with a = mean_coef(t), σ² = 1 − a², and s*(x_t) = −(x_t − a·μ)/v, v = a²s² + σ².
@@ -914,13 +916,18 @@ def dsm_loss_weights(data: GaussianData, t: torch.Tensor, beta_min: float = 0.1,
     w ~ N(0, σ²a²s²/v² + (a²s²/v)²) = N(0, a²s²/v) (since σ² + a²s² = v), independently over coordinates and samples,
     and the loss ½ Σ w_i² is ½ Σ_i c_i·χ²₁ with c = a²s²/v = 1 − σ²/v. Its mean ½ Σ_i c_i is the minimum over all
     score functions of the expected loss, attained by s* (:func:`dsm_loss_minimum`).
+
+    With ``scale`` λ, the score λ·s* (a family of linear scores): w = −λσa(x₀ − μ)/v + (1 − λq)·z with q = σ²/v, so
+    c(λ) = λ²·c·q + (1 − λq)² = c + q·(λ − 1)², larger than c for every λ ≠ 1 (the minimum is at the true score).
     """
     from reference.toy import vp_sde_coefficients
 
     mu, s2 = _params(data)
     a, n = vp_sde_coefficients(_f64(t, data), beta_min, beta_max)
     a, n = a.reshape(-1, *([1] * mu.ndim)), n.reshape(-1, *([1] * mu.ndim))
-    return a**2 * s2 / (a**2 * s2 + n)
+    v = a**2 * s2 + n
+    c, q = a**2 * s2 / v, n / v
+    return c if scale == 1.0 else c + q * (scale - 1) ** 2
 
 
 def dsm_loss_minimum(data: GaussianData, t: torch.Tensor, beta_min: float = 0.1, beta_max: float = 20.0) -> torch.Tensor:
@@ -1117,3 +1124,85 @@ def dpm_solver_chain_terms_size(data: GaussianData, alphas_cumprod: torch.Tensor
         size_x = sigma_p / sigma * (size_x + x.abs()) + c.abs() * (size_d + d.abs())
         last, x = (x0, size_x0, lam), x_next
     return size_x
+
+
+def weighted_chi2_p_value(weights: torch.Tensor, value: float) -> float:
+    """A two-sided p-value bound for S = ½ Σ_j c_j·χ²₁ observed at ``value``: min(1, 2·exp(−sup_θ [θs − K(θ)])), the
+    supremum over θ of the sign of s − E S (Chernoff, as :func:`weighted_chi2_bounds`; conservative: ≥ the exact one)."""
+    c = weights.detach().to("cpu", torch.float64).flatten()
+    c = c[c > 0]
+    mean, top = 0.5 * float(c.sum()), 1 / float(c.max())
+    if not math.isfinite(value):
+        return 0.0
+
+    def rate(theta: float) -> float:
+        return theta * value + float(0.5 * torch.log1p(-theta * c).sum())
+
+    lo, hi = (1e-12 * top, top * (1 - 1e-9)) if value >= mean else (-1e3 * top, -1e-12 * top)
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(120):
+        m1, m2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        if rate(m1) > rate(m2):
+            hi = m2
+        else:
+            lo = m1
+    return min(1.0, 2 * math.exp(-max(rate(0.5 * (lo + hi)), 0.0)))
+
+
+def _dsm_gap_terms(data: GaussianData, t: torch.Tensor, scale: float, beta_min: float, beta_max: float):
+    c = dsm_loss_weights(data, t, beta_min, beta_max).flatten()
+    return c, (1 - c).clamp(min=0), (scale - 1) ** 2
+
+
+def _golden_max(f: Callable[[float], float], lo: float, hi: float) -> float:
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(120):
+        m1, m2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        if f(m1) > f(m2):
+            hi = m2
+        else:
+            lo = m1
+    return f(0.5 * (lo + hi))
+
+
+def dsm_scale_gap_p_value(data: GaussianData, t: torch.Tensor, scale: float, gap: float, beta_min: float = 0.1,
+                          beta_max: float = 20.0) -> float:
+    """A bound on P(Σ_b [L_λ(b) − L_1(b)] ≤ gap) (Chernoff, as :func:`dsm_scale_gap_threshold`): a one-sided p-value."""
+    c, q, g = _dsm_gap_terms(data, t, scale, beta_min, beta_max)
+    if not math.isfinite(gap):
+        return 0.0
+
+    def exponent(theta: float) -> float:  # −log of the bound at θ
+        return -theta * gap + 0.5 * float(torch.log1p(theta * g * q * (1 - theta * c)).sum())
+
+    return min(1.0, math.exp(-max(_golden_max(exponent, 1e-9, (1 - 1e-9) / float(c.max())), 0.0)))
+
+
+def dsm_scale_gap_threshold(data: GaussianData, t: torch.Tensor, scale: float, level: float, beta_min: float = 0.1,
+                            beta_max: float = 20.0) -> float:
+    """d* with P(Σ_b [L_λ(b) − L_1(b)] ≤ d*) ≤ level: how much more DSM loss λ·s* must have than s* on the same draws.
+
+    With the same x₀ ~ data, t and z for both scores, per coordinate w₁ = σs* + z ~ N(0, c) and u = σs* ~ N(0, q)
+    are independent (jointly Gaussian with E[w₁u] = q − q = 0; c, q as in :func:`dsm_loss_weights`), and the loss
+    difference is Σ T with T = (λ − 1)·w₁·u + ½(λ − 1)²·u², mean ½(λ − 1)²q. Given u, T is Gaussian in w₁, so
+    E e^{−θT} = (1 + θ·g·q·(1 − θc))^{−1/2} with g = (λ − 1)², exactly, and by Chernoff
+    P(ΣT ≤ d) ≤ exp(θd − ½ Σ log(1 + θgq(1 − θc))) for 0 < θ < 1/max c. Hence
+    d* = sup_θ [log(level) + ½ Σ log(1 + θgq(1 − θc))]/θ, maximised by golden-section search (any θ is a valid bound).
+    """
+    c = dsm_loss_weights(data, t, beta_min, beta_max).flatten()
+    q = (1 - c).clamp(min=0)
+    g = (scale - 1) ** 2
+    log_level = math.log(level)
+
+    def bound(theta: float) -> float:
+        return (log_level + 0.5 * float(torch.log1p(theta * g * q * (1 - theta * c)).sum())) / theta
+
+    lo, hi = 1e-9, (1 - 1e-9) / float(c.max())
+    ratio = (math.sqrt(5) - 1) / 2
+    for _ in range(120):
+        m1, m2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
+        if bound(m1) > bound(m2):
+            hi = m2
+        else:
+            lo = m1
+    return bound(0.5 * (lo + hi))
