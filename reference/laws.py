@@ -953,7 +953,7 @@ def weighted_chi2_bounds(weights: torch.Tensor, level: float) -> tuple[float, fl
 
     def golden(lo: float, hi: float, sign: int) -> float:
         ratio = (math.sqrt(5) - 1) / 2
-        for _ in range(120):
+        for _ in range(60):
             m1, m2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
             if sign * bound(m1) < sign * bound(m2):
                 hi = m2
@@ -1140,7 +1140,7 @@ def weighted_chi2_p_value(weights: torch.Tensor, value: float) -> float:
 
     lo, hi = (1e-12 * top, top * (1 - 1e-9)) if value >= mean else (-1e3 * top, -1e-12 * top)
     ratio = (math.sqrt(5) - 1) / 2
-    for _ in range(120):
+    for _ in range(60):
         m1, m2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
         if rate(m1) > rate(m2):
             hi = m2
@@ -1155,8 +1155,9 @@ def _dsm_gap_terms(data: GaussianData, t: torch.Tensor, scale: float, beta_min: 
 
 
 def _golden_max(f: Callable[[float], float], lo: float, hi: float) -> float:
+    """max f on [lo, hi] for a unimodal f, by golden-section search (60 steps: the bracket shrinks by 3e-13)."""
     ratio = (math.sqrt(5) - 1) / 2
-    for _ in range(120):
+    for _ in range(60):
         m1, m2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
         if f(m1) > f(m2):
             hi = m2
@@ -1172,8 +1173,10 @@ def dsm_scale_gap_p_value(data: GaussianData, t: torch.Tensor, scale: float, gap
     if not math.isfinite(gap):
         return 0.0
 
+    gq, gqc = g * q, g * q * c
+
     def exponent(theta: float) -> float:  # −log of the bound at θ
-        return -theta * gap + 0.5 * float(torch.log1p(theta * g * q * (1 - theta * c)).sum())
+        return -theta * gap + 0.5 * float(torch.log1p(theta * gq - theta**2 * gqc).sum())
 
     return min(1.0, math.exp(-max(_golden_max(exponent, 1e-9, (1 - 1e-9) / float(c.max())), 0.0)))
 
@@ -1189,20 +1192,10 @@ def dsm_scale_gap_threshold(data: GaussianData, t: torch.Tensor, scale: float, l
     P(ΣT ≤ d) ≤ exp(θd − ½ Σ log(1 + θgq(1 − θc))) for 0 < θ < 1/max c. Hence
     d* = sup_θ [log(level) + ½ Σ log(1 + θgq(1 − θc))]/θ, maximised by golden-section search (any θ is a valid bound).
     """
-    c = dsm_loss_weights(data, t, beta_min, beta_max).flatten()
-    q = (1 - c).clamp(min=0)
-    g = (scale - 1) ** 2
-    log_level = math.log(level)
+    c, q, g = _dsm_gap_terms(data, t, scale, beta_min, beta_max)
+    gq, gqc, log_level = g * q, g * q * c, math.log(level)
 
     def bound(theta: float) -> float:
-        return (log_level + 0.5 * float(torch.log1p(theta * g * q * (1 - theta * c)).sum())) / theta
+        return (log_level + 0.5 * float(torch.log1p(theta * gq - theta**2 * gqc).sum())) / theta
 
-    lo, hi = 1e-9, (1 - 1e-9) / float(c.max())
-    ratio = (math.sqrt(5) - 1) / 2
-    for _ in range(120):
-        m1, m2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-        if bound(m1) > bound(m2):
-            hi = m2
-        else:
-            lo = m1
-    return bound(0.5 * (lo + hi))
+    return _golden_max(bound, 1e-9, (1 - 1e-9) / float(c.max()))
