@@ -1019,12 +1019,20 @@ def _validate(check: Any, data: dict, env: Released, reference: dict, exercise: 
     return bad
 
 
-def load_released(folder: Path, name: str) -> tuple[dict, tuple]:
-    """A student release's exercise ``name``: its saved data and its checks, replaying the record."""
+def load_released(folder: Path, name: str, *, from_file: bool = False) -> tuple[dict, tuple]:
+    """A student release's exercise ``name`` (in ``folder``, its ``released/``): its data and its checks.
+
+    In a release the copied code is imported as ``grader.exercises.released.NAME``; with
+    ``from_file`` it is loaded from ``folder`` by path (a release read from the course's grader,
+    in tests).
+    """
     data = torch.load(folder / f"{name}.pt", weights_only=True)
     env = Released(name, data)
     _RELEASED[name] = env
-    importlib.import_module(f"grader.exercises.{RELEASED}.{name}")
+    if from_file:
+        _load_module(name, folder / f"{name}.py")
+    else:
+        importlib.import_module(f"grader.exercises.{RELEASED}.{name}")
     return data, tuple(recorded_check(c, env) for c in data["checks"])
 
 
