@@ -121,14 +121,13 @@ def two_m_returns_float64(x0_pred, x0_pred_last, t, t_prev, t_last, xt, alphas_c
 
 def _sampler(eps_model, shape, alphas_cumprod, num_steps, generator=None, x_T=None, *, second_order_first=False,
              second_order_last=False, x0_at_prev=False, all_first_order=False, global_rng=False, start_float64=False,
-             start_scaled=False):
+             start_uniform=False):
     if x_T is None:
         device = generator.device if generator is not None else torch.device("cpu")
         dtype = torch.float64 if start_float64 else torch.get_default_dtype()
-        x_T = torch.randn(shape, device=device, dtype=dtype) if global_rng else torch.randn(
+        draw = torch.rand if start_uniform else torch.randn
+        x_T = draw(shape, device=device, dtype=dtype) if global_rng else draw(
             shape, generator=generator, device=device, dtype=dtype)
-        if start_scaled:
-            x_T = x_T * (1 - alphas_cumprod[-1]).sqrt().to(x_T)
     ts = ref.dpm_solver_timesteps(alphas_cumprod.shape[0], num_steps).tolist()
     x, x0_last = x_T, torch.zeros_like(x_T)
     for i, t in enumerate(ts):
@@ -195,7 +194,7 @@ BUGS = [
     Bug("model called at t_prev", "dpm_solver_sample", sample_model_at_prev_timestep, "ε_θ(x, t_prev)"),
     Bug("x_T from the global generator", "dpm_solver_sample", _sampler_bug(global_rng=True), "torch.randn(shape)"),
     Bug("x_T drawn in float64", "dpm_solver_sample", _sampler_bug(start_float64=True), "dtype=torch.float64"),
-    Bug("x_T scaled by σ_{T−1}", "dpm_solver_sample", _sampler_bug(start_scaled=True), "x_T·√(1 − ᾱ_{T−1})"),
+    Bug("x_T uniform", "dpm_solver_sample", _sampler_bug(start_uniform=True), "torch.rand for torch.randn"),
 ]
 
 # -- correct alternatives ---------------------------------------------------------------------------------
