@@ -335,3 +335,18 @@ def test_measured_orders_are_two_for_2m_and_one_for_ddim():
         laws.point_law(x_T), *laws.dpm_solver_sample_affine(DATA, ac, n, first_order_only=True), 0.0)[0], n)
         for n in nfes])
     assert 1.9 < dpm < 2.1 and 0.9 < ddim < 1.1, (dpm, ddim)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_values_on_cuda_equal_the_cpu_ones():
+    """Where a GPU exists: the same values on CUDA (float64), outputs on CUDA, x_T drawn on a CUDA generator there."""
+    cuda = torch.device("cuda")
+    x_T = _randn((6, 4), 0)
+    cpu = dpm_solver_sample(DATA.eps_model(LINEAR), None, LINEAR, 10, x_T=x_T)
+    data = GaussianData(DATA.mean.to(cuda), DATA.var.to(cuda))
+    out = dpm_solver_sample(data.eps_model(LINEAR.to(cuda)), None, LINEAR.to(cuda), 10, x_T=x_T.to(cuda))
+    assert out.device.type == "cuda"
+    torch.testing.assert_close(out.cpu(), cpu, rtol=0, atol=1e-10)
+    drawn = dpm_solver_sample(data.eps_model(LINEAR.to(cuda)), (6, 4), LINEAR.to(cuda), 10,
+                              generator=torch.Generator(device=cuda).manual_seed(0))
+    assert drawn.device.type == "cuda"
