@@ -649,10 +649,12 @@ def recorded_check(data: dict, env: Released, log: set | None = None) -> Any:
 # ----------------------------------------------------------------------------------------- toy models
 
 #: How each toy model of :data:`grader.sandbox.models.FACTORIES` is called: at a timestep t (an index), at a
-#: noise level σ (a float), at one fixed level, and whether it takes a class label. The release tabulates a
+#: noise level σ (a float: the levels tabulated are every float the inputs hold), at one fixed level, and
+#: whether it takes a class label. A new kind of toy model is one entry here (a kind not listed: not released). The release tabulates a
 #: model that is affine in x at each level (the course's Gaussian toys), as :func:`_affine_model` replays.
 MODEL_LEVELS = {"gaussian_eps": ("timestep", False), "class_gaussian_eps": ("timestep", True),
-                "gaussian_score_ve": ("noise level", False), "gaussian_score": ("none", False)}
+                "gaussian_score_ve": ("noise level", False), "gaussian_score": ("none", False),
+                "gaussian_score_vp": ("noise level", False)}  # its level is the SDE's time t, a float
 
 #: A σ the student's code asks for matches a tabulated one within this relative distance: a level given in
 #: float64 and passed on in float32 moves by ≤ 6e-8 relative; 1e-6 leaves a margin, far below the gaps between
