@@ -300,6 +300,9 @@ class _Slot:
     submission it had been handed next goes to a fresh process and the batch carries on.
     """
 
+    #: The slot process's command, before its output folder.
+    command = [sys.executable, "-m", "grader.batch", "--slot"]
+
     def __init__(self, out: Path, options: SubmitOptions, take, finish) -> None:
         self.out, self.options, self.take, self.finish = out, options, take, finish
         self.process: subprocess.Popen | None = None
@@ -336,6 +339,7 @@ class _Slot:
             if message is None:  # the process is gone
                 item, digest = pending.pop(0)
                 code = self._kill()
+                self._stderr_reader.join(2.0)  # its last words, which may trail the end of its stdout
                 why = one_line(" ".join(self.stderr[-3:])) if self.stderr else ""
                 self.finish(Row(item, FAILED, None, one_line(f"the grading process died ({_exit_words(code)})"
                                                              + (f": {why}" if why else "")), None), digest)
@@ -356,7 +360,7 @@ class _Slot:
                 deadline = time.monotonic() + self.options.timeout + OVERRUN
 
     def _start(self) -> None:
-        command = [sys.executable, "-m", "grader.batch", "--slot", str(self.out)]
+        command = [*self.command, str(self.out)]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the grader's own process: small tensors
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         env=env, preexec_fn=_die_with_parent if os.name == "posix" else None)
@@ -382,7 +386,8 @@ class _Slot:
                 del stderr[:-SLOT_STDERR_LINES]
 
         threading.Thread(target=read_stdout, daemon=True).start()
-        threading.Thread(target=read_stderr, daemon=True).start()
+        self._stderr_reader = threading.Thread(target=read_stderr, daemon=True)
+        self._stderr_reader.start()
         self._write({"options": _options_to_json(self.options)})
 
     def _send(self, item: Item | None) -> None:

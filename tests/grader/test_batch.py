@@ -291,3 +291,170 @@ def test_dask_cluster_with_a_worker_killed_mid_batch(tmp_path):
     student = str(killed_key).split("-")[1]
     assert (out / student / "report.html").is_file()  # the killed task was rerun elsewhere, its feedback is here
     assert stderr.count("[") >= 5  # streamed: one progress line per notebook
+
+
+# ----------------------------------------------------------------------------------------- job slots
+
+#: A stand-in for a slot's process (``python -m grader.batch --slot OUT``) that speaks its protocol,
+#: grades nothing, and dies (exit 3) on a notebook named "dies": what the batch does around it is tested.
+_FAKE_SLOT = r"""
+import json, os, sys
+from pathlib import Path
+first = json.loads(sys.stdin.readline())
+job = json.loads(sys.stdin.readline() or "null")
+while job:
+    print(json.dumps({"want": True}), flush=True)
+    following = json.loads(sys.stdin.readline() or "null")
+    if job["key"] == "dies":
+        print("grader: something broke", file=sys.stderr, flush=True)
+        os._exit(3)
+    results = {"score": 1, "tests": [], "extra_data": {"exercise": "q_sampler", "max_score": 24, "pid": os.getpid()}}
+    Path(job["out"], "results.json").write_text(json.dumps(results))
+    print(json.dumps({"done": job["key"], "exit": 1, "error": ""}), flush=True)
+    job = following
+"""
+
+
+def test_a_slot_that_dies_fails_its_row_and_a_fresh_one_takes_the_next(tmp_path, monkeypatch):
+    """When a slot's process dies mid-grading, is that row 'grader failed' (with why), and the rest graded by a new one?"""
+    script = tmp_path / "slot.py"
+    script.write_text(_FAKE_SLOT)
+    monkeypatch.setattr(batch._Slot, "command", [sys.executable, str(script)])
+    items = [Item(name, tmp_path / f"{name}.ipynb", name) for name in ("ann", "dies", "cat", "dan")]
+    rows: dict[str, Row] = {}
+    batch._run_local([(item, "h") for item in items], tmp_path / "out", SubmitOptions(timeout=60), 1,
+                     lambda row, digest: rows.__setitem__(row.item.key, row))
+    assert set(rows) == {"ann", "dies", "cat", "dan"}
+    assert rows["dies"].status == batch.FAILED and rows["dies"].results is None
+    assert "the grading process died (exit status 3): grader: something broke" == rows["dies"].error
+    assert all(rows[k].status == GRADED and rows[k].results["score"] == 1 for k in ("ann", "cat", "dan")), rows
+    pids = {k: rows[k].results["extra_data"]["pid"] for k in ("ann", "cat", "dan")}
+    # cat had been handed to the dying process as its next job: a fresh process graded it, and dan after it.
+    assert pids["ann"] != pids["cat"] == pids["dan"]
+
+
+def test_slot_options_travel_whole():
+    """Does a slot's process grade with exactly the batch's options (all but the per-notebook out and exercise)?"""
+    from grader.sandbox.kernel import Limits
+
+    options = SubmitOptions(seed=7, device="cpu", timeout=33.0, require_isolation=True,
+                            limits=Limits(cell_timeout=5.0, call_timeout=2.0, memory_bytes=123456789, threads=2))
+    assert batch._options_from_json(json.loads(json.dumps(batch._options_to_json(options)))) == options
+
+
+def _notebook(tmp_path: Path, name: str, *sources: str) -> Path:
+    path = tmp_path / f"{name}.ipynb"
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s) for s in sources])
+    notebook.metadata["grader"] = {"exercise": "q_sampler"}
+    nbformat.write(notebook, path)
+    return path
+
+
+_LEAKER = """\
+import builtins, ctypes, os, pathlib, sys, types
+pathlib.Path("leak.txt").write_text("left behind")
+pathlib.Path(os.environ["TMPDIR"], "leak.txt").write_text("left behind")
+LEAKED = 1
+builtins.LEAKED = 1
+os.environ["LEAKED"] = "1"
+sys.modules["leaked_module"] = types.ModuleType("leaked_module")
+libc = ctypes.CDLL(None)  # posix_spawn through libc, in a session of its own: past the guard, which is advice
+argv = (ctypes.c_char_p * 3)(b"/bin/sleep", b"987.654", None)
+attr = ctypes.create_string_buffer(1024)
+libc.posix_spawnattr_init(attr)
+libc.posix_spawnattr_setflags(attr, ctypes.c_short(0x80))  # POSIX_SPAWN_SETSID
+assert libc.posix_spawn(ctypes.byref(ctypes.c_int()), b"/bin/sleep", None, attr, argv, None) == 0
+"""
+
+_PROBE = """\
+import builtins, os, pathlib, sys
+seen = [what for what, there in [
+    ("a file in the working folder", pathlib.Path("leak.txt").exists()),
+    ("a file in the temporary folder", pathlib.Path(os.environ["TMPDIR"], "leak.txt").exists()),
+    ("a global", "LEAKED" in globals()),
+    ("a builtin", hasattr(builtins, "LEAKED")),
+    ("an environment variable", "LEAKED" in os.environ),
+    ("a module", "leaked_module" in sys.modules),
+    ("a process", any(b"987.654" in pathlib.Path("/proc", p, "cmdline").read_bytes()
+                      for p in os.listdir("/proc") if p.isdigit() and pathlib.Path("/proc", p, "cmdline").exists())),
+] if there]
+assert not seen, "left behind by the previous submission: " + ", ".join(seen)
+"""
+
+
+@pytest.mark.slow
+def test_a_warm_slot_gives_each_submission_a_fresh_kernel_and_a_cold_submits_verdicts(tmp_path):
+    """In one slot, does a notebook see nothing the previous one left (file, global, builtin, env var, module,
+    process), and are its isolation report and every verdict the same as a cold `grade submit`'s?"""
+    from grader.submit import grade_submission
+
+    class_dir = tmp_path / "submissions"
+    class_dir.mkdir()
+    _notebook(class_dir, "a_leaker", _LEAKER)
+    probe = _notebook(class_dir, "b_probe", _PROBE)
+    shutil.copy(ROOT / "solutions" / "q_sampler" / "q_sampler.ipynb", class_dir / "c_solution.ipynb")
+    out = tmp_path / "gradebook"
+    status = main(["batch", str(class_dir), "--out", str(out), "--jobs", "1", "--device", "cpu",
+                   "--progress", "lines", "--exercise", "q_sampler"])
+    assert status == 0
+    warm = {name: json.loads((out / name / "results.json").read_text()) for name in ("a_leaker", "b_probe",
+                                                                                      "c_solution")}
+    assert [c["status"] for c in warm["a_leaker"]["extra_data"]["cells"]] == ["ok"]  # it did leave all that
+    assert warm["b_probe"]["extra_data"]["cells"] == [{"cell": 1, "status": "ok", "error": ""}]
+    assert not _processes_mentioning("987.654")  # the leaker's process died with its kernel's tree
+    assert warm["c_solution"]["score"] == 24
+
+    def verdicts(results: dict) -> list:
+        return [(t["name"], t["score"], t["status"], t.get("output", "")) for t in results["tests"]]
+
+    for name, path in (("b_probe", probe), ("c_solution", class_dir / "c_solution.ipynb")):
+        cold, _ = grade_submission(path, SubmitOptions(device="cpu", out=tmp_path / "cold" / name,
+                                                       exercise="q_sampler"))
+        cold = cold.to_gradescope()
+        assert warm[name]["extra_data"]["isolation"] == cold["extra_data"]["isolation"]
+        assert warm[name]["extra_data"]["isolation"]["filesystem"] or sys.platform != "linux"
+        assert verdicts(warm[name]) == verdicts(cold)
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and int((entry / "stat").read_text().rsplit(") ", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
+@pytest.mark.slow
+def test_a_slot_killed_mid_grading_is_a_failed_row_and_the_batch_carries_on(tmp_path):
+    """SIGKILL a slot's process while it runs a notebook: is that row 'grader failed' (which a rerun grades again:
+    test_a_record_is_kept_only_for_the_same_hash), its kernels gone with it, the next notebook graded by a fresh slot?"""
+    class_dir = tmp_path / "submissions"
+    class_dir.mkdir()
+    _notebook(class_dir, "a_slow", "import time\ntime.sleep(60)")
+    shutil.copy(ROOT / "exercises" / "q_sampler" / "q_sampler.ipynb", class_dir / "b_stub.ipynb")
+    out = tmp_path / "gradebook"
+    command = [sys.executable, "-m", "grader", "batch", str(class_dir), "--out", str(out), "--jobs", "1",
+               "--device", "cpu", "--progress", "lines", "--cell-timeout", "90"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    slot, kernels = None, []
+    while time.monotonic() < deadline and process.poll() is None and not kernels:
+        slots = [p for p in _children(process.pid) if b"--slot" in Path(f"/proc/{p}/cmdline").read_bytes()]
+        slot = slots[0] if slots else None
+        kernels = _children(slot) if slot else []
+        time.sleep(0.2)
+    assert kernels, "the slot's kernel never started"
+    time.sleep(8)  # booted, and in the sleeping cell
+    kernels = _children(slot)
+    os.kill(slot, signal.SIGKILL)
+    stdout, stderr = process.communicate(timeout=600)
+    assert process.returncode == 1, stderr
+    book = {r["student"]: r for r in _read(out / "gradebook.csv")}
+    assert book["a_slow"]["status"] == batch.FAILED and book["a_slow"]["score"] == ""
+    assert "the grading process died (killed by SIGKILL)" in book["a_slow"]["error"]
+    assert book["b_stub"]["status"] == GRADED and book["b_stub"]["score"] == "0"
+    assert not any(Path(f"/proc/{k}").exists() and (Path(f"/proc/{k}/stat").read_text().split(") ")[-1][0] != "Z")
+                   for k in kernels)  # the slot's kernels died with it
