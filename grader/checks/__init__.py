@@ -37,6 +37,10 @@ Aspects (tests of a :class:`Property`), one judge each:
   earns nothing; :class:`Agreement` gates its own dtype point.
 * :class:`ModelCalls` — a recorded model's calls: count, batch sizes, the level (t or σ) as a
   ``(B,)`` tensor, in order (``order="blocks"``) or per level with the ends fixed (``"ends"``).
+  In blocks order an expected block may carry the model's conditions (``(level, rows, cond)``,
+  judged row by row); ``merge=False`` keeps every call a block of its own (one batched call is
+  not two halves), and ``per_row=True`` accepts a ``(B,)`` t whose rows differ, compared row by
+  row (cfg's one call on [uncond; cond] at t repeated).
 * :class:`Reproducible` — the same generator seed gives the same samples (and another seed
   others): its probe :func:`seeded_runs` runs the function several times.
 * :class:`Traced` — the states a function's model was evaluated at (probe :func:`traced_run`),

@@ -6,7 +6,8 @@ Both are aspects (:class:`~grader.checks.property.Aspect`) of a
 * :class:`ModelCalls` reads the calls a recorded model logged (``ctx.model_spec(...,
   record=True)``; ``Outcome.model_calls``): how many sample-evaluations at each level
   (a timestep t or a noise level σ), with the level passed as a ``(B,)`` tensor, in
-  which order.
+  which order; optionally how many calls (``merge=False``), each row's timestep
+  (``per_row``) and each row's condition.
 * :class:`Traced` runs the function once through :func:`traced_run`, with its model
   wrapped so that every input the model is evaluated at comes back (the states of a
   chain, for tests of its transitions).
@@ -31,13 +32,48 @@ from grader.checks.property import Aspect
 
 __all__ = ["ModelCalls", "Reproducible", "Traced", "seeded_runs", "traced_run"]
 
-Block = tuple[Any, int]  # (level or None, rows): consecutive sample-evaluations at one level
+#: One expected group of sample-evaluations: ``(level, rows)`` or ``(level, rows, cond)``. ``level`` is
+#: None (a model that takes none), a number (every row at that t or σ) or, with ``per_row``, a
+#: ``(rows,)`` tensor of each row's level; ``cond``, when given, the ``(rows,)`` conditions in order.
+Block = tuple
 
 
-def _same_level(a: float | None, b: float | None) -> bool:
+def _same_level(a, b) -> bool:
     if a is None or b is None:
         return a is None and b is None
+    if isinstance(a, tuple) or isinstance(b, tuple):
+        a, b = (x if isinstance(x, tuple) else (x,) for x in (a, b))
+        return len(a) == len(b) and all(_same_level(x, y) for x, y in zip(a, b))
     return abs(a - b) <= 1e-5 * max(abs(a), abs(b))
+
+
+def _same_cond(got: torch.Tensor | None, expected: torch.Tensor) -> bool:
+    return (isinstance(got, torch.Tensor) and tuple(got.shape) == tuple(expected.shape)
+            and not got.is_floating_point() and torch.equal(got.long(), expected.long()))
+
+
+def _listed(values, limit: int = 16) -> str:
+    values = list(values)
+    return "[" + ", ".join(f"{v:.5g}" if isinstance(v, float) else str(v) for v in values[:limit]) + (
+        ", …]" if len(values) > limit else "]")
+
+
+def _rows_levels(group) -> str:
+    """Each row's level of a group, listed (or "none")."""
+    if group.level is None:
+        return "none"
+    return _listed(list(group.level) if isinstance(group.level, tuple) else [group.level] * group.rows)
+
+
+@dataclass
+class _Group:
+    """Consecutive sample-evaluations read from the log: the level (None, a number, or a tuple of each
+    row's level), the rows, the conditions (or None) and what is wrong with the level ("" if nothing)."""
+
+    level: Any
+    rows: int
+    cond: torch.Tensor | None = None
+    problem: str = ""
 
 
 @dataclass(frozen=True)
@@ -45,14 +81,23 @@ class ModelCalls:
     """The expected evaluations of a recorded model, and the judge of the logged ones.
 
     Attributes:
-        expected: ``expected(inputs) -> [(level, rows), ...]``: one run's evaluations in order
-            (level None where the model takes none, e.g. a plain score).
+        expected: ``expected(inputs) -> [(level, rows), ...]`` or ``[(level, rows, cond), ...]``
+            (see :data:`Block`): one run's evaluations in order (level None where the model takes
+            none, e.g. a plain score). With a ``cond`` the model's conditions (``eps_model(x, t,
+            cond)``, logged per call) must be those, row by row; without one they are not judged.
         level: ``"timestep"`` (t a LongTensor of shape (B,)) or ``"noise level"`` (σ a
-            floating tensor of shape (B,), the same value for the whole batch).
-        order: ``"blocks"``: the calls, consecutive ones at one level merged, must be exactly
-            the expected blocks (any split of a batch is accepted); ``"ends"``: each level gets
-            its number of sample-evaluations, in any batching, and the first and last calls are
-            at the first and last level (a loop over samples is accepted).
+            floating tensor of shape (B,), the same value for the whole batch unless ``per_row``).
+        order: ``"blocks"``: the calls must be exactly the expected blocks, in order;
+            ``"ends"``: each level gets its number of sample-evaluations, in any batching, and
+            the first and last calls are at the first and last level (a loop over samples is
+            accepted). ``merge``, ``per_row`` and conditions apply to ``"blocks"``.
+        merge: ``"blocks"`` order: consecutive calls at one level are merged into one block, so
+            any split of a batch is accepted (the default). False: every call is a block of its
+            own, so the number of calls is judged ("one batched call", not two halves).
+        per_row: the rows of one call may have different levels (cfg's one batched call on
+            [uncond; cond] at a batch of per-row timesteps, t repeated): such a call is one block
+            whose level is each row's, compared row by row (never merged with its neighbours).
+            Without it, a call whose rows differ in level is refused.
         runs: how many runs of the function one outcome holds (a :class:`Reproducible` probe
             runs it several times).
         model: the model argument's name, for messages.
@@ -63,6 +108,8 @@ class ModelCalls:
     expected: Callable[[Inputs], list[Block]]
     level: str = "timestep"
     order: str = "blocks"
+    merge: bool = True
+    per_row: bool = False
     runs: int = 1
     model: str = "the model"
     what: Callable[[Inputs], str] = lambda inputs: ""
@@ -91,66 +138,126 @@ class ModelCalls:
                            "(torch.full((B,), t, dtype=torch.long, device=x.device))")
         return level
 
-    def _merged(self, calls: list[dict]) -> list[list]:
-        """Consecutive calls at one level merged: [level or None, rows, problem with the level or ""]."""
-        blocks: list[list] = []
-        for number, call in enumerate(calls, start=1):
-            rows, level = int(call.get("batch", -1)), call.get("level")
-            problem, value = "", None
-            if self.level == "timestep" and level is not None:
-                try:
-                    t = self._timestep(number, call)
-                    value = int(t[0]) if t.numel() else None
-                    if t.numel() and not bool((t == t[0]).all()):
-                        problem = f"{self.model} was called with different timesteps within one batch"
-                except Mismatch as exc:
-                    problem = str(exc)
-            elif level is not None:
-                level = torch.as_tensor(level).detach().to("cpu", torch.float64)
-                if level.ndim != 1 or level.numel() != rows:
-                    problem = (f"{self.model} was called with sigma of shape {tuple(level.shape)} for a batch of "
-                               f"{rows}; the course's score models take σ as a float tensor of shape (B,)")
-                if level.numel() == 0:
-                    value = float("nan")
-                else:
-                    value = float(level.flatten()[0])
-                    if not bool(torch.allclose(level, torch.full_like(level, value), rtol=1e-6, atol=0)):
-                        problem = problem or f"{self.model} was called with different σ within one batch"
-            if blocks and _same_level(blocks[-1][0], value):
-                blocks[-1][1] += rows
-                blocks[-1][2] = blocks[-1][2] or problem
-            else:
-                blocks.append([value, rows, problem])
-        return blocks
+    def _group(self, number: int, call: dict) -> _Group:
+        """One logged call as a group: its level (checked), rows and conditions."""
+        rows, level = int(call.get("batch", -1)), call.get("level")
+        cond = call.get("cond") if isinstance(call.get("cond"), torch.Tensor) else None
+        group = _Group(None, rows, cond)
+        if level is None:
+            return group
+        if self.level == "timestep":
+            try:
+                t = self._timestep(number, call)
+            except Mismatch as exc:
+                group.problem = str(exc)
+                return group
+            values = t.tolist()
+        else:
+            level = torch.as_tensor(level).detach().to("cpu", torch.float64)
+            if level.ndim != 1 or level.numel() != rows:
+                group.problem = (f"{self.model} was called with sigma of shape {tuple(level.shape)} for a batch of "
+                                 f"{rows}; the course's score models take σ as a float tensor of shape (B,)")
+            values = level.flatten().tolist()
+        # One level for the whole call: timesteps all equal, σ's equal to 1e-6 relative (a σ expanded
+        # from one value is exact; the levels of a schedule differ by far more).
+        if not values:
+            group.level = None if self.level == "timestep" else float("nan")
+        elif all(v == values[0] if self.level == "timestep" else abs(v - values[0]) <= 1e-6 * abs(values[0])
+                 for v in values):
+            group.level = values[0]
+        elif self.per_row:
+            group.level = tuple(values)
+        else:
+            group.level = values[0]
+            group.problem = group.problem or (f"{self.model} was called with different timesteps within one batch"
+                                              if self.level == "timestep"
+                                              else f"{self.model} was called with different σ within one batch")
+        return group
 
-    @staticmethod
-    def _describe(blocks: list) -> str:
-        parts = [f"{rows} rows" if level is None else f"{rows} rows at {'t' if isinstance(level, int) else 'σ'} = "
-                 f"{level:.5g}" for level, rows, *_ in blocks[:8]]
-        more = f", … ({len(blocks)} groups)" if len(blocks) > 8 else ""
+    def _merged(self, calls: list[dict]) -> list[_Group]:
+        """The calls as groups; with ``merge``, consecutive calls at one level joined into one."""
+        groups: list[_Group] = []
+        for number, call in enumerate(calls, start=1):
+            group = self._group(number, call)
+            last = groups[-1] if groups else None
+            if (self.merge and last is not None and not isinstance(group.level, tuple)
+                    and not isinstance(last.level, tuple) and _same_level(last.level, group.level)):
+                last.rows += group.rows
+                last.cond = (torch.cat([last.cond, group.cond]) if last.cond is not None and group.cond is not None
+                             else None)
+                last.problem = last.problem or group.problem
+            else:
+                groups.append(group)
+        return groups
+
+    def _describe(self, groups: list[_Group]) -> str:
+        parts = []
+        for g in groups[:8]:
+            name = "t" if self.level == "timestep" else "σ"
+            where = "" if g.level is None else (f" at {name} = {_listed(g.level, 8)}" if isinstance(g.level, tuple)
+                                                else f" at {name} = {g.level:.5g}")
+            parts.append(f"{g.rows} rows{where}" + ("" if g.cond is None else f" (cond {_listed(g.cond.tolist(), 8)})"))
+        more = f", … ({len(groups)} groups)" if len(groups) > 8 else ""
         return "[" + ", ".join(parts) + more + "]"
 
     def _as_calls(self, blocks: list[Block]) -> list[dict]:
         dtype = torch.long if self.level == "timestep" else torch.float64
-        return [{"batch": rows, "level": None if level is None else torch.full((rows,), level, dtype=dtype)}
-                for level, rows in blocks if rows > 0]
+        calls = []
+        for level, rows, *cond in blocks:
+            if rows <= 0:
+                continue
+            call = {"batch": rows}
+            if level is not None:
+                call["level"] = (torch.as_tensor(level).to("cpu", dtype).reshape(rows)
+                                 if isinstance(level, torch.Tensor) else torch.full((rows,), level, dtype=dtype))
+            if cond and cond[0] is not None:
+                call["cond"] = torch.as_tensor(cond[0]).to("cpu").reshape(rows)
+            calls.append(call)
+        return calls
 
     # -- the two orders ----------------------------------------------------------------------
 
     def _judge_blocks(self, inputs: Inputs, calls: list[dict]) -> None:
         got = self._merged(calls)
-        for _, _, problem in got:
-            if problem:
-                raise Mismatch(problem)
-        one_run = [(level, rows) for level, rows in self.expected(inputs) if rows > 0]
+        for group in got:
+            if group.problem:
+                raise Mismatch(group.problem)
+        one_run = [block for block in self.expected(inputs) if block[1] > 0]
         expected = self._merged(self._as_calls(one_run * self.runs))
-        ok = len(got) == len(expected) and all(g[1] == e[1] and _same_level(g[0], e[0]) for g, e in zip(got, expected))
+        if not self.merge:
+            self._judge_each_call(inputs, got, expected)
+            return
+        ok = len(got) == len(expected) and all(
+            g.rows == e.rows and _same_level(g.level, e.level) and (e.cond is None or _same_cond(g.cond, e.cond))
+            for g, e in zip(got, expected))
         if not ok:
             half = self._describe(self._merged(self._as_calls(one_run)))
             runs = "Your two runs evaluated" if self.runs == 2 else (
                 "Your runs evaluated" if self.runs > 2 else "Your function evaluated")
             raise Mismatch(f"{self.what(inputs)}\nExpected{' per run' if self.runs > 1 else ''}, in this order: "
                            f"{half}\n{runs}: {self._describe(got)}", expected=half, got=self._describe(got))
+
+    def _judge_each_call(self, inputs: Inputs, got: list[_Group], expected: list[_Group]) -> None:
+        """Unmerged blocks: the number of calls, then each call's rows, levels and conditions, first difference named."""
+        what = self.what(inputs)
+        why = f": {what}" if what else ""
+        if len(got) != len(expected):
+            times = lambda n: f"{n} time{'s' if n != 1 else ''}"  # noqa: E731
+            wanted = (f"1 call of {expected[0].rows} rows" if len(expected) == 1 else
+                      f"{len(expected)} calls (batches {_listed([e.rows for e in expected], 8)})")
+            raise Mismatch(f"{self.model} was called {times(len(got))} (batches {_listed([g.rows for g in got], 8)}); "
+                           f"expected {wanted}{why}",
+                           expected=self._describe(expected), got=self._describe(got))
+        levels = "timesteps" if self.level == "timestep" else "noise levels"
+        for number, (g, e) in enumerate(zip(got, expected), start=1):
+            call = self.model if len(expected) == 1 else f"call {number} of {self.model}"
+            if g.rows != e.rows:
+                raise Mismatch(f"{call} was called on {g.rows} rows; expected {e.rows}{why}")
+            if not _same_level(g.level, e.level):
+                raise Mismatch(f"{call} got the {levels} {_rows_levels(g)}; expected {_rows_levels(e)}{why}")
+            if e.cond is not None and not _same_cond(g.cond, e.cond):
+                shown_cond = _listed(g.cond.tolist()) if isinstance(g.cond, torch.Tensor) else "no conditions"
+                raise Mismatch(f"{call} got the conditions {shown_cond}; expected {_listed(e.cond.tolist())}{why}")
 
     def _judge_ends(self, inputs: Inputs, calls: list[dict]) -> None:
         walk = [level for level, _ in self.expected(inputs)]

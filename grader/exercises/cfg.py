@@ -7,8 +7,8 @@ dynamic_threshold 3, cfg_pp_step 3, cfg_sample 9 (values 3, dtype 1, calls 1, th
 The models are the optimal ε's of class-conditional Gaussians (``reference.toy``), with a
 label per batch element: every label's data is Gaussian, so the guided ε is affine in x and
 guided DDIM has an exact output law (``reference.laws.cfg_sample_law``). The model logs each
-call's batch, timesteps and conditions, so a check can prove one batched call on
-[uncond; cond] (k + 1 blocks for ``composed_eps``).
+call's batch, timesteps and conditions, so the library's ``ModelCalls`` proves one batched call on
+[uncond; cond] (k + 1 blocks for ``composed_eps``; :data:`BATCHED_CALL`).
 
 Two tiers (README, "How grading works" → "Statistics"): every function is compared with the reference on
 hypothesis-drawn inputs (``cfg_sample`` from a given x_T, where it is deterministic); and
@@ -23,8 +23,8 @@ import warnings
 import torch
 from hypothesis import strategies as st
 
-from grader.checks import (Agreement, Aspect, Context, DEFAULT_TOLERANCE, Diagnosis, Inputs, Law, LawDraw,
-                            Mismatch, ModelCalls, Property, Reproducible, Sample, Tolerance, output_aspect, seeded_runs)
+from grader.checks import (Agreement, Context, DEFAULT_TOLERANCE, Diagnosis, Inputs, Law, LawDraw, ModelCalls,
+                            Property, Reproducible, Sample, Tolerance, output_aspect, seeded_runs)
 from grader.exercises import Exercise
 from grader.exercises._common import DTYPES, SCHEDULE_TOLERANCE, data_shapes, gaussian, horizons, schedule_betas, schedule_note, SAMPLER_LAW
 from reference import cfg as ref
@@ -226,32 +226,25 @@ def guided_size(inputs: Inputs) -> torch.Tensor:
     return (1 + 2 * sum(abs(w) for w in weights)) * sizes
 
 
-def judge_batched_call(inputs: Inputs, outcome) -> None:
+def _batched_call(inputs: Inputs) -> list:
     """One call of the model on (k + 1)·B rows: x repeated, t repeated, conditions [uncond; c_1; …; c_k]."""
     a = inputs.arguments()
     blocks, _ = _conditions(a)
-    B, k1 = a["xt"].shape[0], len(blocks)
-    calls = outcome.model_calls[0] if outcome.model_calls else []
+    return [(torch.cat([a["t"].cpu()] * len(blocks)), len(blocks) * a["xt"].shape[0], torch.cat([b.cpu() for b in blocks]))]
+
+
+def _batched_what(inputs: Inputs) -> str:
+    a = inputs.arguments()
+    k1, B = len(_conditions(a)[0]), a["xt"].shape[0]
     order = "[uncond; cond]" if k1 == 2 else "[uncond; c_1; …; c_k]"
-    if len(calls) != 1:
-        sizes = [c.get("batch") for c in calls]
-        raise Mismatch(f"eps_model was called {len(calls)} times (batches {sizes[:8]}); guidance makes ONE batched call "
-                       f"of {k1 * B} rows on {order}: x and t repeated {k1} times (torch.cat), the conditions stacked")
-    call = calls[0]
-    if call["batch"] != k1 * B:
-        raise Mismatch(f"eps_model was called on {call['batch']} rows; expected {k1 * B}: {k1} blocks of the batch ({B})")
-    t_expected = torch.cat([a["t"].cpu()] * k1)
-    level = call.get("level")
-    if not isinstance(level, torch.Tensor) or tuple(level.shape) != (k1 * B,) or not torch.equal(level.long(), t_expected):
-        raise Mismatch(f"eps_model got the timesteps {level.tolist() if isinstance(level, torch.Tensor) else level}; "
-                       f"expected t repeated block by block, torch.cat([t] * {k1}) = {t_expected.tolist()[:16]}")
-    cond = call.get("cond")
-    c_expected = torch.cat([b.cpu() for b in blocks])
-    if not isinstance(cond, torch.Tensor) or tuple(cond.shape) != tuple(c_expected.shape) or not torch.equal(
-            cond.long(), c_expected):
-        got = cond.tolist() if isinstance(cond, torch.Tensor) else cond
-        raise Mismatch(f"eps_model got the conditions {got}; expected them stacked in the order {order}: "
-                       f"{c_expected.tolist()[:16]} (the unconditional block first, as in diffusers' pipelines)")
+    return (f"guidance makes ONE batched call of {k1 * B} rows on {order}: x and t repeated {k1} times block by block "
+            f"(torch.cat([t] * {k1})), the conditions stacked with the unconditional block first, as in diffusers' "
+            "pipelines")
+
+
+#: One batched call, judged by the library's ModelCalls: not merged (two calls are not one), with
+#: per-row timesteps (t repeated block by block) and the conditions row by row.
+BATCHED_CALL = ModelCalls(_batched_call, merge=False, per_row=True, model="eps_model", what=_batched_what)
 
 
 def _branch(eps_model, xt, t, cond, uncond, guidance_scale):
@@ -583,8 +576,7 @@ EXERCISE = Exercise(
                   what="with w = 0 it is the unconditional model, with w = 1 the conditional one"),
         Property(function="guided_eps", cases=guided_cases(), build=build_guided, examples=_guided_examples(False)[:4],
                  max_examples=10,
-                 aspects=(Aspect("one batched model call on [uncond; cond], t repeated", 2, judge_batched_call,
-                                 shrink=False),)),
+                 aspects=(BATCHED_CALL.aspect("one batched model call on [uncond; cond], t repeated", 2),)),
         Agreement(function="composed_eps", cases=guided_cases(composed=True), build=build_composed,
                   examples=_guided_examples(True), reference=ref.composed_eps, tolerance=GUIDANCE_TOLERANCE,
                   scale=guided_size, scale_what="the size of the composed ε's terms",
@@ -592,8 +584,7 @@ EXERCISE = Exercise(
                   dtype_points=1, diagnoses=COMPOSED_DIAGNOSES, max_examples=20),
         Property(function="composed_eps", cases=guided_cases(composed=True), build=build_composed,
                  examples=_guided_examples(True), max_examples=10,
-                 aspects=(Aspect("one batched model call on [uncond; c_1; …; c_k]", 1, judge_batched_call,
-                                 shrink=False),)),
+                 aspects=(BATCHED_CALL.aspect("one batched model call on [uncond; c_1; …; c_k]", 1),)),
         Agreement(function="rescale_guidance", cases=spread_cases(phi=True), build=build_rescale,
                   examples=_spread_examples((0.0, 1.0, 0.7)), reference=ref.rescale_guidance,
                   tolerance=DEFAULT_TOLERANCE, diagnosis_tolerance=DIAGNOSIS_TOLERANCE, dtype_from="eps_cfg",

@@ -55,19 +55,19 @@ CASE = {"T": 1000, "schedule": "linear", "shape": (3, 2), "dtype": "float64", "s
 def test_batched_call_judge_fails_unbatched_reordered_and_interleaved_calls(impl, message):
     """Is each mistake refused with its own message, while the reference passes?"""
     inputs = _inputs(CASE)
-    ex.judge_batched_call(inputs, _logged(inputs, ref.guided_eps))
+    ex.BATCHED_CALL.judge(inputs, _logged(inputs, ref.guided_eps))
     with pytest.raises(Mismatch, match=message):
-        ex.judge_batched_call(inputs, _logged(inputs, impl))
+        ex.BATCHED_CALL.judge(inputs, _logged(inputs, impl))
 
 
 def test_batched_call_judge_counts_k_plus_one_blocks():
     case = {**CASE, "w": (2.0, -1.0)}
     inputs = _inputs(case, composed=True)
-    ex.judge_batched_call(inputs, _logged(inputs, ref.composed_eps))
+    ex.BATCHED_CALL.judge(inputs, _logged(inputs, ref.composed_eps))
     with pytest.raises(Mismatch, match="called 3 times"):
-        ex.judge_batched_call(inputs, _logged(inputs, catalogue.composed_one_call_per_condition))
+        ex.BATCHED_CALL.judge(inputs, _logged(inputs, catalogue.composed_one_call_per_condition))
     with pytest.raises(Mismatch, match="conditions"):
-        ex.judge_batched_call(inputs, _logged(inputs, catalogue.composed_uncond_last))
+        ex.BATCHED_CALL.judge(inputs, _logged(inputs, catalogue.composed_uncond_last))
 
 
 def _worst_ratio(function, impl, strategy, build, tolerance, scale, n=200) -> float:

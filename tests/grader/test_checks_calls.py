@@ -1,4 +1,8 @@
-"""ModelCalls and Reproducible: judges of how a sampler uses its model and its generator."""
+"""ModelCalls and Reproducible: judges of how a sampler uses its model and its generator.
+
+ModelCalls' options (conditions in the expected blocks, ``merge=False``, ``per_row``) were each seen
+failing against the ModelCalls that merged calls, ignored conditions and refused per-row timesteps.
+"""
 
 from __future__ import annotations
 
@@ -49,6 +53,60 @@ def test_blocks_order_requires_each_run_in_order():
         LEVELS.judge(Inputs({}), _outcome([{"batch": 3, "level": torch.tensor(2.0)}]))
     with pytest.raises(Mismatch, match="different σ within one batch"):
         LEVELS.judge(Inputs({}), _outcome([{"batch": 2, "level": torch.tensor([2.0, 1.0])}]))
+
+
+def _batched(t, cond=None):
+    call = {"batch": len(t), "level": torch.tensor(t)}
+    return call if cond is None else {**call, "cond": torch.tensor(cond)}
+
+
+def test_blocks_judge_the_conditions_row_by_row_when_expected():
+    """A block with a cond: the logged conditions must be those, in order (merged across a split batch)."""
+    calls = ModelCalls(expected=lambda inputs: [(5, 4, torch.tensor([3, 3, 0, 1]))], model="eps_model",
+                       what=lambda inputs: "[uncond; cond]")
+    calls.judge(Inputs({}), _outcome([_batched([5, 5, 5, 5], [3, 3, 0, 1])]))
+    calls.judge(Inputs({}), _outcome([_batched([5, 5], [3, 3]), _batched([5, 5], [0, 1])]))  # a split batch
+    with pytest.raises(Mismatch, match=r"\(cond \[0, 1, 3, 3\]\)"):
+        calls.judge(Inputs({}), _outcome([_batched([5, 5, 5, 5], [0, 1, 3, 3])]))
+    with pytest.raises(Mismatch, match=r"\[uncond; cond\]"):
+        calls.judge(Inputs({}), _outcome([_batched([5, 5, 5, 5])]))  # no conditions logged
+    WALK_LIKE = ModelCalls(expected=lambda inputs: [(5, 4)])  # no cond expected: conditions are not judged
+    WALK_LIKE.judge(Inputs({}), _outcome([_batched([5, 5, 5, 5], [0, 1, 3, 3])]))
+
+
+def _one_call() -> ModelCalls:
+    """One batched call of 4 rows: t = [0, 7] repeated, conditions [uncond; cond] = [2, 2; 0, 1]."""
+    return ModelCalls(expected=lambda inputs: [(torch.tensor([0, 7, 0, 7]), 4, torch.tensor([2, 2, 0, 1]))],
+                      merge=False, per_row=True, model="eps_model", what=lambda inputs: "one batched call")
+
+
+def test_unmerged_blocks_count_the_calls_and_name_the_first_difference():
+    """merge=False: one call of 4 rows is not two of 2 at the same timesteps; rows, t and cond each named."""
+    _one_call().judge(Inputs({}), _outcome([_batched([0, 7, 0, 7], [2, 2, 0, 1])]))
+    with pytest.raises(Mismatch, match=r"eps_model was called 2 times \(batches \[2, 2\]\); expected 1 call"):
+        _one_call().judge(Inputs({}), _outcome([_batched([0, 7], [2, 2]), _batched([0, 7], [0, 1])]))
+    with pytest.raises(Mismatch, match="called on 6 rows; expected 4: one batched call"):
+        _one_call().judge(Inputs({}), _outcome([_batched([0, 7, 0, 7, 0, 7], [2, 2, 0, 1, 0, 1])]))
+    with pytest.raises(Mismatch, match=r"got the conditions \[0, 1, 2, 2\]; expected \[2, 2, 0, 1\]"):
+        _one_call().judge(Inputs({}), _outcome([_batched([0, 7, 0, 7], [0, 1, 2, 2])]))
+    merged = ModelCalls(expected=lambda inputs: [(7, 4)])
+    merged.judge(Inputs({}), _outcome([_batched([7, 7]), _batched([7, 7])]))  # the default merges them
+    with pytest.raises(Mismatch, match="called 2 times"):
+        ModelCalls(expected=lambda inputs: [(7, 4)], merge=False).judge(
+            Inputs({}), _outcome([_batched([7, 7]), _batched([7, 7])]))
+
+
+def test_per_row_timesteps_are_compared_row_by_row():
+    """per_row: a (B,) t whose rows differ is accepted and compared row by row; without it, refused."""
+    with pytest.raises(Mismatch, match=r"got the timesteps \[0, 0, 7, 7\]; expected \[0, 7, 0, 7\]"):
+        _one_call().judge(Inputs({}), _outcome([_batched([0, 0, 7, 7], [2, 2, 0, 1])]))
+    with pytest.raises(Mismatch, match=r"got the timesteps \[7, 7, 7, 7\]"):
+        _one_call().judge(Inputs({}), _outcome([_batched([7, 7, 7, 7], [2, 2, 0, 1])]))
+    with pytest.raises(Mismatch, match="different timesteps within one batch"):
+        ModelCalls(expected=lambda inputs: [(0, 4)]).judge(Inputs({}), _outcome([_batched([0, 7, 0, 7])]))
+    with pytest.raises(Mismatch, match=r"LongTensor of shape \(B,\)"):
+        _one_call().judge(Inputs({}), _outcome([{"batch": 4, "level": torch.tensor([0.0, 7.0, 0.0, 7.0]),
+                                              "cond": torch.tensor([2, 2, 0, 1])}]))
 
 
 def sampler(shape, generator=None):
