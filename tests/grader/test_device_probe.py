@@ -148,3 +148,12 @@ def test_the_meta_probe_prepares_each_process_once():
         assert values.passed and device.passed
     assert calls.count(lazy_dynamo_guards.__name__) == 1
     assert calls.index(lazy_dynamo_guards.__name__) < len(calls) - 1  # before the meta call that followed
+
+
+def test_warming_hypothesis_changes_no_draw():
+    """Are the cases drawn after warm_hypothesis() the ones drawn without it (its draw has its own seed)?"""
+    from grader.checks.property import draw_cases, warm_hypothesis
+
+    before = draw_cases(CASES, 8, 1234, [{"batch": 1, "dtype": "float32"}])
+    warm_hypothesis()
+    assert draw_cases(CASES, 8, 1234, [{"batch": 1, "dtype": "float32"}]) == before
