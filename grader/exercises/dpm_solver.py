@@ -51,8 +51,9 @@ LAMBDA_TOLERANCE = Tolerance(rtol32=1e-5, atol32=1e-6, rtol64=1e-12, atol64=1e-1
 #: ``laws.dpm_solver_chain_terms_size``). In float32 the coefficients of a correct implementation lose
 #: up to u/(1 − ᾱ) relative where a float64 schedule is cast first (σ near t = 0: 1.5e-3 at t = 0 of the
 #: cosine schedule, as SCHEDULE_TOLERANCE), and e^{−h} − 1 formed as exp(−h) − 1 rather than expm1 loses
-#: u/h ≤ 6e-6 for h ≥ 0.01 (consecutive timesteps): 3e-3·M keeps a 2x margin (measured: the float32
-#: alternatives of the catalogue stay below 1e-4·M, tests/exercises/test_dpm_solver_checks.py). In float64
+#: u/h ≤ 6e-6 for h ≥ 0.01 (consecutive timesteps): 3e-3·M keeps a 2x margin (measured: correct float32
+#: steps and samplers, float32 schedules included, stay below 1e-6·M; tests/exercises/test_dpm_solver_checks.py
+#: requires a tenth of the tolerance). In float64
 #: the same analysis gives ~1e-12·M; 1e-9·M leaves 1000x. Hypothesis draws float64 cases and the boundary
 #: examples run in both dtypes, so a wrong coefficient (≥ 1e-4 relative) is caught at full precision.
 TERMS_TOLERANCE = Tolerance(rtol32=3e-3, atol32=1e-6, rtol64=1e-9, atol64=1e-12,
