@@ -416,15 +416,15 @@ class SandboxKernel:
             return run
         seconds = time.monotonic() - started
         error = next((o for o in cell.get("outputs", []) if o.get("output_type") == "error"), None)
-        if error is None:
-            self._state.replay.append(cell.source)
-            return CellRun(index, "ok", seconds=seconds)
-        if self.client.timed_out:
+        if self.client.timed_out:  # first: an interrupted cell may still end with no error output at all
             run = CellRun(index, "timeout", f"the cell ran longer than {self.client.timeout} s and was interrupted",
                           seconds=seconds)
             if not self._responsive():
                 self.restart()
             return run
+        if error is None:
+            self._state.replay.append(cell.source)
+            return CellRun(index, "ok", seconds=seconds)
         lines = error.get("traceback", [])
         trace = "\n".join(str(line) for line in lines[-200:]) if isinstance(lines, list) else ""
         return CellRun(index, "error", wire.clean_text(f"{error.get('ename')}: {error.get('evalue')}", CELL_ERROR_CHARS),

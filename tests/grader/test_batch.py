@@ -458,3 +458,36 @@ def test_a_slot_killed_mid_grading_is_a_failed_row_and_the_batch_carries_on(tmp_
     assert book["b_stub"]["status"] == GRADED and book["b_stub"]["score"] == "0"
     assert not any(Path(f"/proc/{k}").exists() and (Path(f"/proc/{k}/stat").read_text().split(") ")[-1][0] != "Z")
                    for k in kernels)  # the slot's kernels died with it
+
+
+@pytest.mark.slow
+def test_hostile_neighbours_in_one_slot_leave_the_next_row_and_the_slot_alone(tmp_path):
+    """In one slot, after a memory bomb with a swarm of processes, a kernel that kills itself and a hang, is
+    each of them a graded row, and the honest stub after them graded exactly as a cold `grade submit` grades it?"""
+    from grader.sandbox.kernel import Limits
+    from grader.submit import grade_submission
+
+    class_dir = tmp_path / "submissions"
+    class_dir.mkdir()
+    _notebook(class_dir, "a_bomb", "import ctypes, os, time\nfork = ctypes.PyDLL(None).fork\nfor i in range(20):\n"
+              "    if fork() == 0:  # past the guard: 20 processes of 100 MiB each, 2 GiB in all\n"
+              "        try:\n            block = b'x' * (100 * 1024**2)\n            time.sleep(600)\n"
+              "        finally:\n            os._exit(0)\ntime.sleep(600)")
+    _notebook(class_dir, "b_crash", "import os\nos._exit(7)")
+    _notebook(class_dir, "c_hang", "while True:\n    pass")
+    shutil.copy(ROOT / "exercises" / "q_sampler" / "q_sampler.ipynb", class_dir / "d_stub.ipynb")
+    out = tmp_path / "gradebook"
+    options = ["--device", "cpu", "--cell-timeout", "5", "--memory-limit", "1G", "--exercise", "q_sampler"]
+    assert main(["batch", str(class_dir), "--out", str(out), "--jobs", "1", "--progress", "lines", *options]) == 0
+    book = {r["student"]: r for r in _read(out / "gradebook.csv")}
+    assert {s: r["status"] for s, r in book.items()} == dict.fromkeys(["a_bomb", "b_crash", "c_hang", "d_stub"], GRADED)
+    cells = {s: json.loads((out / s / "results.json").read_text())["extra_data"]["cells"][0] for s in book}
+    assert cells["a_bomb"]["status"] in ("died", "timeout"), cells["a_bomb"]  # the watchdog, or the cell's timeout
+    assert cells["b_crash"]["status"] == "died" and "status 7" in cells["b_crash"]["error"], cells["b_crash"]
+    assert cells["c_hang"]["status"] == "timeout", cells["c_hang"]
+    limits = Limits(cell_timeout=5.0, memory_bytes=1024**3)  # what the options above make (grader.cli._options)
+    cold, _ = grade_submission(class_dir / "d_stub.ipynb", SubmitOptions(device="cpu", exercise="q_sampler",
+                                                                         limits=limits))
+    warm = json.loads((out / "d_stub" / "results.json").read_text())
+    assert [(t["name"], t["score"], t.get("output", "")) for t in warm["tests"]] == \
+        [(t["name"], t["score"], t.get("output", "")) for t in cold.to_gradescope()["tests"]]
