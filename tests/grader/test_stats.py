@@ -121,6 +121,7 @@ def test_binomial_band_as_scipy_stats(count, n, weight, delta, alpha):
     assert got.p_value == pytest.approx(p, rel=1e-12, abs=1e-300)
 
 
+@pytest.mark.slow  # a fresh interpreter importing torch: 5-27 s on the loaded 2 cores
 def test_no_scipy_stats_at_import():
     """Does importing the statistical checks leave scipy (stats, optimize, special) unimported?"""
     import subprocess
