@@ -1,4 +1,4 @@
-"""``grade batch``: grade a class, one isolated ``grade submit`` process per notebook.
+"""``grade batch``: grade a class, each notebook in its own sandboxed kernel, used once.
 
 Layout: ``SUBMISSIONS_DIR/<student>/`` (a folder holding one notebook, or one per
 exercise for a whole course) or ``SUBMISSIONS_DIR/<student>.ipynb``. Output:
@@ -19,8 +19,10 @@ failed on it (a lost worker, an unreadable results.json), which is tried again. 
 atomically, only when a grading has ended, so a batch killed at any moment and
 started again grades exactly what is missing or changed.
 
-Where: here (``--jobs`` processes at once) or on a Dask distributed cluster
-(``--scheduler ADDRESS`` or ``local``), one task per notebook (:func:`grade_remote`).
+Where: here, in ``--jobs`` slots (:class:`_Slot`): each a long-lived grading process that
+pays the grader's imports once and launches the next notebook's kernel while the current
+one is checked; or on a Dask distributed cluster (``--scheduler ADDRESS`` or ``local``),
+one ``grade submit`` task per notebook (:func:`grade_remote`).
 """
 
 from __future__ import annotations
