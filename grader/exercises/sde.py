@@ -388,7 +388,9 @@ ODE_MISTAKES = _law_mistakes(
 
 # -- dsm_loss with its own noise: the closed-form minimum, and linear scores above it --------------
 
-DSM_BATCH = 4096  # × 16 coordinates: 65,536 terms ½c·χ²₁
+#: 2048 samples × 16 coordinates: 32,768 terms ½c·χ²₁. The Chernoff bounds are then ±9% of the mean (the bugs move
+#: it by a factor 2 or 1/16), and the ranking threshold ~75 standard deviations below the expected gap.
+DSM_BATCH = 2048
 DSM_ALPHA = 1e-6
 DSM_SCALES = (0.8, 1.25)
 
@@ -401,7 +403,8 @@ def _dsm_inputs(ctx: Context, tag: str, scale: float = 1.0, noise: torch.Tensor 
     inputs = Inputs({"score_fn": score_spec(ctx, LAW_MEAN, LAW_VAR, F64, BETAS[0], scale=scale),
                      "x0": x0.to(ctx.device), "t": t.to(ctx.device)}, kwargs,
                     notes={"score_fn": (f"{scale} × " if scale != 1 else "") + LAW_NOTES["score_fn"] + ", in float64",
-                           "x0": "float64 (4096, 16) draws of the data", "t": "float64 (4096,) uniform on [1e-3, 1]"})
+                           "x0": f"float64 ({DSM_BATCH}, 16) draws of the data",
+                           "t": f"float64 ({DSM_BATCH},) uniform on [1e-3, 1]"})
     return inputs, t
 
 
@@ -480,7 +483,7 @@ EXERCISE = Exercise(
         Statistical(function="dsm_loss", name="under the exact score, the mean loss is the closed-form minimum",
                     procedure=dsm_minimum, alpha=DSM_ALPHA, points=2,
                     derivation="with x₀ ~ N(μ, diag(s²)) and the exact score, each sample's loss is ½ Σ_i c_i·χ²₁ with "
-                               "c = 1 − σ_t²/v (reference.laws.dsm_loss_weights); the sum of 4096 losses is tested "
+                               "c = 1 − σ_t²/v (reference.laws.dsm_loss_weights); the sum of 2048 losses is tested "
                                "two-sided at 1e-6 against Chernoff bounds from its exact cumulant generating function"),
         Statistical(function="dsm_loss", name="linear scores λ·s* (λ = 0.8, 1.25) have a larger loss than the true score",
                     procedure=dsm_ranking, alpha=DSM_ALPHA, points=2,

@@ -100,7 +100,7 @@ def test_correct_float32_ode_chains_use_a_small_fraction_of_the_tolerance(case):
 
 def test_dsm_thresholds_have_power_and_agree_with_their_p_values():
     """On the checks' draws, is the ranking threshold positive and ≤ 95% of the expected gap, is the p-value bound
-    at the threshold the level, and do the minimum's bounds bracket the closed-form mean within ±7.5%?"""
+    at the threshold the level, and do the minimum's bounds bracket the closed-form mean within ±10%?"""
     g = torch.Generator().manual_seed(0)
     t = 1e-3 + (1 - 1e-3) * torch.rand(decl.DSM_BATCH, generator=g, dtype=torch.float64)
     level = decl.DSM_ALPHA / len(decl.DSM_SCALES)
@@ -112,7 +112,7 @@ def test_dsm_thresholds_have_power_and_agree_with_their_p_values():
     weights = laws.dsm_loss_weights(decl.LAW_DATA, t)
     low, high = laws.weighted_chi2_bounds(weights, decl.DSM_ALPHA)
     mean = 0.5 * float(weights.sum())
-    assert low < mean < high and (high - low) / mean < 0.15  # 65,536 terms: ±6.5% (about 6 standard deviations)
+    assert low < mean < high and (high - low) / mean < 0.2  # 32,768 terms: ±9% (about 6 standard deviations)
     # "DSM without the ½" doubles the loss, "mean over dimensions" divides it by 16: both far outside
     assert 2 * mean > high and mean / 16 < low
 
