@@ -898,7 +898,7 @@ def _perturbed(fn: Callable) -> Callable:
     return perturbed
 
 
-def _students(check: Any, reference: dict, diagnoses: int = 2) -> list[tuple[str, dict]]:
+def _students(check: Any, reference: dict, diagnoses: int = 1) -> list[tuple[str, dict]]:
     """The namespaces a released check is validated on: the reference, its function perturbed, its known mistakes."""
     students = [("the reference", reference)]
     fn = reference.get(check.function)
