@@ -15,31 +15,37 @@ For every exercise with a catalogue in ``tests/catalogue/``:
   a threshold too tight, a law slightly wrong — shows here long before it shows
   as false failures.
 
-The test suite runs the same measurements with fewer seeds
-(``tests/exercises/test_catalogue.py``, and this module's own functions in
-``tests/exercises/test_calibration.py``). This script imports no test code: it grades
-in process through the grader's own API (:func:`grade`), and reads the catalogues —
-data, one module per exercise, with ``BUGS``, ``ALTERNATIVES`` and ``CORRECT`` — from
-``tests/catalogue/`` (:data:`CATALOGUE`), where the test suite also finds them.
+The measurements are the catalogue's own tests (``tests/exercises/test_catalogue.py``), run on
+more seeds: this script runs pytest in a subprocess with ``CALIBRATION_SEEDS=N`` and
+``--calibration-out FILE`` (tests/conftest.py), where every entry records, seed by seed, whether
+it failed and its statistics' p-values and sample sizes (:func:`rows_from_records` reads them),
+and tabulates that file. So there is one definition of "caught" and "full marks", and this
+script imports no test code (tests/exercises/test_calibration.py holds it to that). The
+reference's statistical checks on other seeds are ``tests/exercises/test_calibration.py``.
 
 Usage: python benchmarks/calibrate.py [--seeds 200] [--exercises ddim ...] [--jobs 2]
-Writes benchmarks/results/calibration.md (or --out).
+Writes benchmarks/results/calibration.md (or --out). ``--jobs`` > 1 runs pytest-xdist workers.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import json
 import os
-import pkgutil
+import subprocess
 import sys
+import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+
+#: The catalogue's tests, and those of them that record a calibration row (their full entries,
+#: not the quick loop's "quick …" ones).
+CATALOGUE_TESTS = "tests/exercises/test_catalogue.py"
+RECORDING = ("test_bug_is_caught_and_named", "test_alternative_gets_full_marks",
+             "test_reference_gets_full_marks_on_every_seed")
 
 
 @dataclass
@@ -54,100 +60,83 @@ class Row:
     failing_seeds: list[int] = field(default_factory=list)
     p_values: dict[str, list[float]] = field(default_factory=dict)
     sample_sizes: dict[str, int] = field(default_factory=dict)
-    seconds: float = 0.0
+    recorded: int = 0  # seeds recorded
 
     @property
     def rate(self) -> float:
         return len(self.failing_seeds) / self.seeds
 
 
-#: Where the catalogues are (a package of data modules, imported as ``tests.catalogue.<exercise>``).
-CATALOGUE = ROOT / "tests" / "catalogue"
+def selected(nodeids: list[str], exercises: list[str] | None = None) -> list[str]:
+    """The recording tests among pytest's node ids, of ``exercises`` only when given.
+
+    Their ids are ``test[EXERCISE: entry]`` (bugs and alternatives; the quick loop's are
+    ``test[quick EXERCISE: entry]``) and ``test[EXERCISE]`` (the reference on every seed).
+    """
+    chosen = []
+    for nodeid in nodeids:
+        test, _, param = nodeid.partition("::")[2].partition("[")
+        if test not in RECORDING or not param.endswith("]") or param.startswith("quick "):
+            continue
+        exercise = param[:-1].split(": ")[0]
+        if exercises is None or exercise in exercises:
+            chosen.append(nodeid)
+    return chosen
 
 
-def catalogue(exercise: str):
-    """The catalogue module of ``exercise``."""
-    return importlib.import_module(f"tests.catalogue.{exercise}")
+def _pytest(*args: str, env: dict | None = None, capture: bool = False) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args], cwd=ROOT,
+                          env={**os.environ, **(env or {})}, capture_output=capture, text=True)
 
 
-def catalogues(only: list[str] | None = None) -> dict:
-    return {m.name: catalogue(m.name) for m in pkgutil.iter_modules([str(CATALOGUE)])
-            if only is None or m.name in only}
+def collect(exercises: list[str] | None = None) -> list[str]:
+    """The node ids of the recording catalogue tests (of ``exercises`` when given), as pytest lists them."""
+    listed = _pytest("--collect-only", "-q", CATALOGUE_TESTS, capture=True)
+    if listed.returncode != 0:
+        raise SystemExit(f"calibrate: pytest could not collect {CATALOGUE_TESTS}:\n{listed.stdout[-2000:]}")
+    nodeids = selected(listed.stdout.splitlines(), exercises)
+    if not nodeids:
+        raise SystemExit(f"calibrate: no catalogue entries for {exercises}")
+    return nodeids
 
 
-def grade(exercise: str, namespace: dict, seed: int, functions: set[str] | None = None) -> list:
-    """``(function, test name, verdict)`` for the checks of ``exercise`` (those of ``functions`` when given),
-    graded in this process against the functions of ``namespace`` on the CPU, with grading seed ``seed``."""
-    import torch
-
-    from grader.checks import Context
-    from grader.exercises import load_exercise
-    from grader.runner import InProcessRunner
-    from grader.submit import run_checks
-
-    ex = load_exercise(exercise)
-    checks = tuple(c for c in ex.checks if functions is None or c.function in functions)
-    ctx = Context(InProcessRunner(dict(namespace)), torch.device("cpu"), seed, ex.name)
-    return [(check.function, spec.name, verdict) for check, spec, verdict in run_checks(checks, ctx)]
-
-
-def _measure(job: tuple) -> Row:
-    """Grade one catalogue entry on every seed (runs in a worker process)."""
-    import torch
-
-    torch.set_num_threads(1)
-    exercise, kind, name, function, seeds = job[:5]
-    first_seed = job[5] if len(job) > 5 else 0
-    module = catalogue(exercise)
-    if kind == "correct":
-        namespace, functions = dict(module.CORRECT), statistical_functions(exercise) if function == "statistical" else None
-    else:
-        entry = next(e for e in (module.BUGS if kind == "bug" else module.ALTERNATIVES) if e.name == name)
-        namespace, functions = {**module.CORRECT, function: entry.impl}, {function}
-    row = Row(exercise, kind, name, function, seeds)
-    started = time.perf_counter()
-    for seed in range(first_seed, first_seed + seeds):
-        graded = grade(exercise, namespace, seed, functions)
-        if any(not verdict.passed for _, _, verdict in graded):
-            row.failing_seeds.append(seed)
-        if kind != "bug":
-            for _, test, verdict in graded:
-                for statistic in verdict.details.get("statistics", []):
-                    key = f"{test} — {statistic['name']}"
-                    row.p_values.setdefault(key, []).append(statistic["p_value"])
-                    row.sample_sizes[key] = statistic["n"]
-    row.seconds = time.perf_counter() - started
-    return row
-
-
-def statistical_functions(exercise: str) -> set[str]:
-    """The functions of ``exercise`` that have a statistical check."""
-    from grader.checks import Statistical
-    from grader.exercises import load_exercise
-
-    return {c.function for c in load_exercise(exercise).checks if isinstance(c, Statistical)}
-
-
-def correct_statistics(exercise: str, seeds: int, first_seed: int = 0) -> Row:
-    """Only the statistical checks of the correct namespace, on ``seeds`` seeds (used by the test suite)."""
-    return _measure((exercise, "correct", "reference", "statistical", seeds, first_seed))
-
-
-def jobs_for(found: dict, seeds: int) -> list[tuple]:
-    jobs = []
-    for exercise, module in found.items():
-        jobs.append((exercise, "correct", "reference", "all", seeds))
-        jobs += [(exercise, "alternative", a.name, a.function, seeds) for a in module.ALTERNATIVES]
-        jobs += [(exercise, "bug", b.name, b.function, seeds) for b in module.BUGS]
-    return jobs
+def measure(nodeids: list[str], seeds: int, jobs: int = 1) -> list[Row]:
+    """Run the tests ``nodeids`` on ``seeds`` seeds (0 … seeds − 1) in a pytest subprocess; their records as rows."""
+    with tempfile.TemporaryDirectory(prefix="calibration-") as folder:
+        out = Path(folder) / "records.jsonl"
+        done = _pytest("-q", "--calibration-out", str(out), *(["-n", str(jobs)] if jobs > 1 else []), *nodeids,
+                       env={"CALIBRATION_SEEDS": str(seeds)})
+        # 0: every entry held; 1: some did not (the tables say which). Anything else: the run broke.
+        if done.returncode not in (0, 1):
+            raise SystemExit(f"calibrate: pytest stopped with exit status {done.returncode}")
+        records = [json.loads(line) for line in out.read_text().splitlines()] if out.exists() else []
+    rows = rows_from_records(records, seeds)
+    incomplete = [f"{r.exercise}: {r.name} ({r.recorded} of {r.seeds} seeds)" for r in rows if r.recorded != r.seeds]
+    if len(rows) != len(nodeids) or incomplete:
+        raise SystemExit(f"calibrate: {len(nodeids)} entries were run, {len(rows)} recorded; incomplete: {incomplete}")
+    return rows
 
 
 def run(seeds: int, exercises: list[str] | None = None, jobs: int = 1) -> list[Row]:
-    work = jobs_for(catalogues(exercises), seeds)
-    if jobs <= 1:
-        return [_measure(job) for job in work]
-    with ProcessPoolExecutor(max_workers=jobs) as pool:
-        return list(pool.map(_measure, work))
+    """Every catalogue entry of ``exercises`` (all when None) and the reference, on ``seeds`` seeds."""
+    return measure(collect(exercises), seeds, jobs)
+
+
+def rows_from_records(records: list[dict], seeds: int) -> list[Row]:
+    """The records of ``--calibration-out`` as one row per entry: by exercise, then the reference, the
+    alternatives and the bugs in catalogue order; p-values in the order the tests reported them."""
+    order = {"correct": 0, "alternative": 1, "bug": 2}
+    rows: dict[tuple, Row] = {}
+    for r in sorted(records, key=lambda r: (r["exercise"], order[r["kind"]], r["index"], r["seed"])):
+        row = rows.setdefault((r["exercise"], r["kind"], r["index"]),
+                              Row(r["exercise"], r["kind"], r["name"], r["function"], seeds))
+        row.recorded += 1
+        if r["failed"]:
+            row.failing_seeds.append(r["seed"])
+        for key, p_value, n in r["statistics"]:
+            row.p_values.setdefault(key, []).append(p_value)
+            row.sample_sizes[key] = n
+    return list(rows.values())
 
 
 def ks_p_value(p_values: list[float]) -> float:

@@ -9,7 +9,17 @@ test; ``python -m pytest -m "not slow"`` is the contributor's quick loop (under 
 minutes on 2 cores). A test that loops over many seeds is a calibration and is
 marked ``calibration``; every calibration is also ``slow`` (added here), so that the
 quick loop never runs one by accident.
+
+``--calibration-out FILE``: the catalogue tests (tests/exercises/test_catalogue.py) append one
+JSON line per entry and seed to FILE — its verdict and its statistics' p-values — through the
+``calibration_record`` fixture. ``benchmarks/calibrate.py`` runs them that way, in a subprocess
+with CALIBRATION_SEEDS=N, and tabulates the file: the calibration is the catalogue's own tests on
+more seeds, and the benchmark imports no test code.
 """
+
+import json
+import os
+from typing import Callable
 
 import pytest
 import torch
@@ -22,3 +32,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("calibration") and not item.get_closest_marker("slow"):
             item.add_marker(pytest.mark.slow)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--calibration-out", metavar="FILE", default=None,
+                     help="append each catalogue entry's per-seed verdict and p-values to FILE, one JSON line each "
+                          "(benchmarks/calibrate.py reads it)")
+
+
+@pytest.fixture
+def calibration_record(request: pytest.FixtureRequest) -> Callable[[dict], None]:
+    """``record(entry)``: one JSON line appended to ``--calibration-out`` (nothing without the option).
+
+    One ``write`` on a file opened with O_APPEND: the lines of several pytest-xdist workers never
+    interleave (a local file's appends are atomic), so they may share one file.
+    """
+    path = request.config.getoption("--calibration-out")
+
+    def record(entry: dict) -> None:
+        if path is None:
+            return
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        try:
+            os.write(fd, (json.dumps(entry, ensure_ascii=False) + "\n").encode())
+        finally:
+            os.close(fd)
+
+    return record

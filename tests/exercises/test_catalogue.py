@@ -16,6 +16,11 @@ Two runs of the same tests:
   the correct namespace on one seed and the first catalogued bug and alternative on
   one seed (:data:`QUICK_SEEDS`): every exercise and its catalogue are exercised in
   seconds, and the full run says whether every entry holds on every seed.
+
+They are also the calibration: ``benchmarks/calibrate.py`` runs the full entries and
+:func:`test_reference_gets_full_marks_on_every_seed` with CALIBRATION_SEEDS=N and
+``--calibration-out FILE`` (tests/conftest.py), and every entry records there, seed by seed,
+whether it failed and the p-values of its statistics; the script tabulates that file.
 """
 
 from __future__ import annotations
@@ -61,8 +66,19 @@ def _namespace(exercise: str, function: str, impl) -> dict:
     return {**module.CORRECT, function: impl}
 
 
+def _record(record, exercise: str, kind: str, entry, seed: int, graded: list, failed: list) -> None:
+    """One seed of one entry for ``--calibration-out``: whether it failed, and each statistic's p-value and n."""
+    entries = {"bug": "BUGS", "alternative": "ALTERNATIVES"}
+    module = importlib.import_module(f"tests.catalogue.{exercise}")
+    record({"exercise": exercise, "kind": kind, "name": entry.name if entry else "reference",
+            "function": entry.function if entry else "all",
+            "index": getattr(module, entries[kind]).index(entry) if entry else -1, "seed": seed, "failed": bool(failed),
+            "statistics": [] if kind == "bug" else [[f"{g.name} — {s['name']}", s["p_value"], s["n"]]
+                                                    for g in graded for s in g.details.get("statistics", [])]})
+
+
 @pytest.mark.parametrize("exercise, bug, seeds", BUGS)
-def test_bug_is_caught_and_named(exercise, bug, seeds):
+def test_bug_is_caught_and_named(exercise, bug, seeds, calibration_record):
     """Does some test of the buggy function fail on every seed, and no test of another function?"""
     namespace = _namespace(exercise, bug.function, bug.impl)
     missed = []
@@ -70,19 +86,24 @@ def test_bug_is_caught_and_named(exercise, bug, seeds):
         graded = grade_namespace(exercise, namespace, seed, functions={bug.function})
         failed = [g for g in graded if not g.passed]
         assert all(g.function == bug.function for g in failed), [g.name for g in failed]
+        _record(calibration_record, exercise, "bug", bug, seed, graded, failed)
         if not failed:
             missed.append(seed)
     assert not missed, f"{bug.name} ({bug.mistake}) was not caught on seeds {missed}"
 
 
 @pytest.mark.parametrize("exercise, alternative, seeds", ALTERNATIVES)
-def test_alternative_gets_full_marks(exercise, alternative, seeds):
+def test_alternative_gets_full_marks(exercise, alternative, seeds, calibration_record):
     """Does a correct implementation that differs from the reference pass every test, on every seed?"""
     namespace = _namespace(exercise, alternative.function, alternative.impl)
+    failures = []
     for seed in range(seeds):
         graded = grade_namespace(exercise, namespace, seed, functions={alternative.function})
         failed = [f"{g.name}: {g.output}" for g in graded if not g.passed]
-        assert not failed, f"seed {seed}: {alternative.name} ({alternative.how}) failed:\n" + "\n".join(failed)
+        _record(calibration_record, exercise, "alternative", alternative, seed, graded, failed)
+        if failed:
+            failures.append(f"seed {seed}: " + "\n".join(failed))
+    assert not failures, f"{alternative.name} ({alternative.how}) failed:\n" + "\n".join(failures[:3])
 
 
 @pytest.mark.parametrize("exercise", [name for name, _ in CATALOGUES])
@@ -92,6 +113,27 @@ def test_reference_gets_full_marks(exercise):
     graded = grade_namespace(exercise, module.CORRECT, seed=0)
     failed = [f"{g.name}: {g.output}" for g in graded if not g.passed]
     assert not failed, "\n".join(failed)
+
+
+@pytest.mark.calibration
+@pytest.mark.parametrize("exercise", [name for name, _ in CATALOGUES])
+def test_reference_gets_full_marks_on_every_seed(exercise, calibration_record, request):
+    """The calibration's reference row: does the correct namespace pass every check on CALIBRATION_SEEDS seeds?
+
+    Only under ``--calibration-out`` (``benchmarks/calibrate.py``): elsewhere the reference is graded on
+    seed 0 (above) and its statistical checks on 3 × CALIBRATION_SEEDS seeds (test_calibration.py).
+    """
+    if request.config.getoption("--calibration-out") is None:
+        pytest.skip("the reference on every seed is the calibration's row: benchmarks/calibrate.py runs it")
+    module = importlib.import_module(f"tests.catalogue.{exercise}")
+    failures = []
+    for seed in range(SEEDS):
+        graded = grade_namespace(exercise, module.CORRECT, seed)
+        failed = [f"{g.name}: {g.output}" for g in graded if not g.passed]
+        _record(calibration_record, exercise, "correct", None, seed, graded, failed)
+        if failed:
+            failures.append(f"seed {seed}: " + "\n".join(failed))
+    assert not failures, "\n".join(failures[:3])
 
 
 def test_the_quick_loop_covers_every_catalogue_and_the_full_run_every_entry():
