@@ -77,6 +77,19 @@ def _record(record, exercise: str, kind: str, entry, seed: int, graded: list, fa
                                                     for g in graded for s in g.details.get("statistics", [])]})
 
 
+def _full_marks(record, exercise: str, kind: str, entry, namespace: dict, seeds: int) -> list[str]:
+    """Grade ``namespace`` on seeds 0 … seeds − 1 (only ``entry``'s function, or every check for the reference),
+    recording each seed; the failed tests of each seed that had any."""
+    failures = []
+    for seed in range(seeds):
+        graded = grade_namespace(exercise, namespace, seed, functions={entry.function} if entry else None)
+        failed = [f"{g.name}: {g.output}" for g in graded if not g.passed]
+        _record(record, exercise, kind, entry, seed, graded, failed)
+        if failed:
+            failures.append(f"seed {seed}: " + "\n".join(failed))
+    return failures
+
+
 @pytest.mark.parametrize("exercise, bug, seeds", BUGS)
 def test_bug_is_caught_and_named(exercise, bug, seeds, calibration_record):
     """Does some test of the buggy function fail on every seed, and no test of another function?"""
@@ -96,13 +109,7 @@ def test_bug_is_caught_and_named(exercise, bug, seeds, calibration_record):
 def test_alternative_gets_full_marks(exercise, alternative, seeds, calibration_record):
     """Does a correct implementation that differs from the reference pass every test, on every seed?"""
     namespace = _namespace(exercise, alternative.function, alternative.impl)
-    failures = []
-    for seed in range(seeds):
-        graded = grade_namespace(exercise, namespace, seed, functions={alternative.function})
-        failed = [f"{g.name}: {g.output}" for g in graded if not g.passed]
-        _record(calibration_record, exercise, "alternative", alternative, seed, graded, failed)
-        if failed:
-            failures.append(f"seed {seed}: " + "\n".join(failed))
+    failures = _full_marks(calibration_record, exercise, "alternative", alternative, namespace, seeds)
     assert not failures, f"{alternative.name} ({alternative.how}) failed:\n" + "\n".join(failures[:3])
 
 
@@ -126,13 +133,7 @@ def test_reference_gets_full_marks_on_every_seed(exercise, calibration_record, r
     if request.config.getoption("--calibration-out") is None:
         pytest.skip("the reference on every seed is the calibration's row: benchmarks/calibrate.py runs it")
     module = importlib.import_module(f"tests.catalogue.{exercise}")
-    failures = []
-    for seed in range(SEEDS):
-        graded = grade_namespace(exercise, module.CORRECT, seed)
-        failed = [f"{g.name}: {g.output}" for g in graded if not g.passed]
-        _record(calibration_record, exercise, "correct", None, seed, graded, failed)
-        if failed:
-            failures.append(f"seed {seed}: " + "\n".join(failed))
+    failures = _full_marks(calibration_record, exercise, "correct", None, module.CORRECT, SEEDS)
     assert not failures, "\n".join(failures[:3])
 
 
