@@ -718,7 +718,29 @@ def _level_values(value: Any) -> set[float]:
     return set()
 
 
-def _tabulated(spec: dict, inputs: Inputs) -> dict:
+def _observed_levels(function: str, inputs: Inputs, exercise: str) -> set[float]:
+    """The levels the reference's ``function`` asks its model about on ``inputs`` (a time grid it makes itself)."""
+    from grader.sandbox import models, wire
+    from grader.sandbox.wire import SPEC
+
+    fn = _reference_namespace(exercise).get(function)
+    if fn is None or isinstance(fn, type):
+        return set()
+    logs: list = []
+
+    def build(spec: dict) -> Any:
+        return models.build({**spec, "record": True} if spec.get(SPEC) == "model" else spec, logs)
+
+    try:
+        built = inputs.in_float64()
+        fn(*wire.decode(list(built.args.values()), build), **wire.decode(built.kwargs, build))
+    except Exception:  # noqa: BLE001 -- the reference cannot run on these inputs alone: the inputs' levels only
+        return set()
+    return {float(v) for log in logs for call in log.calls if "level" in call
+            for v in torch.as_tensor(call["level"]).double().flatten().tolist()}
+
+
+def _tabulated(spec: dict, inputs: Inputs, observed: frozenset = frozenset()) -> dict:
     """A toy model's spec with its values tabulated at every level (``_affine_model``'s), or :class:`Unencodable`."""
     from grader.sandbox import models
 
@@ -734,7 +756,7 @@ def _tabulated(spec: dict, inputs: Inputs) -> dict:
     if kind == "timestep":
         levels = torch.arange(len(params["alphas_cumprod"]), dtype=torch.float64)
     elif kind == "noise level":
-        levels = torch.tensor(sorted(_level_values([inputs.args, inputs.kwargs, inputs.meta, inputs.hidden])),
+        levels = torch.tensor(sorted(_level_values([inputs.args, inputs.kwargs, inputs.meta, inputs.hidden]) | observed),
                               dtype=torch.float64)
     else:
         levels = torch.zeros(1, dtype=torch.float64)
@@ -763,16 +785,28 @@ def _tabulated(spec: dict, inputs: Inputs) -> dict:
                        "_conditional": conditional, "_dtype": str(dtype).removeprefix("torch.")}}
 
 
-def _with_tabulated_models(value: Any, inputs: Inputs) -> Any:
+def _with_tabulated_models(value: Any, inputs: Inputs, observed: frozenset = frozenset()) -> Any:
     from grader.sandbox.wire import SPEC
 
     if isinstance(value, dict):
         if value.get(SPEC) == "model":
-            return _tabulated(value, inputs)
-        return {k: _with_tabulated_models(v, inputs) for k, v in value.items()}
+            return _tabulated(value, inputs, observed)
+        return {k: _with_tabulated_models(v, inputs, observed) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_with_tabulated_models(v, inputs) for v in value)
+        return type(value)(_with_tabulated_models(v, inputs, observed) for v in value)
     return value
+
+
+def _has_continuous_model(value: Any) -> bool:
+    from grader.sandbox.wire import SPEC
+
+    if isinstance(value, dict):
+        if value.get(SPEC) == "model":
+            return MODEL_LEVELS.get(value.get("kind"), ("",))[0] == "noise level"
+        return any(_has_continuous_model(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return any(_has_continuous_model(v) for v in value)
+    return False
 
 
 def _register_model() -> None:
@@ -821,8 +855,12 @@ def record_check(check: Any, exercise: str, encoder: Encoder | None = None) -> d
     inputs = _drawn_inputs(check, _context({}, exercise))
     encoder.check = check
     try:
-        cases = [[encoder.encode(_with_tabulated_models(part, i)) for part in (i.args, i.kwargs, i.notes, i.meta, i.hidden)]
-                 for i in inputs]
+        cases = []
+        for i in inputs:
+            observed = frozenset(_observed_levels(check.function, i, exercise)) if _has_continuous_model(
+                [i.args, i.kwargs]) else frozenset()
+            cases.append([encoder.encode(_with_tabulated_models(part, i, observed))
+                          for part in (i.args, i.kwargs, i.notes, i.meta, i.hidden)])
     except Unencodable:
         return None
     fields, dropped = {}, []
