@@ -26,9 +26,13 @@ the record alone, beside the original check, on the reference, on each function'
 outputs perturbed (so a judge that asks the reference about the *student's* output is
 found: its question has no recorded answer) and on the check's own known mistakes; a
 test whose replayed verdict differs, or that asks an unrecorded question, is not
-released (``Exercise.not_released`` names it, and ``check`` says so). A check whose
-inputs carry a toy model (built in the student's process from ``reference.toy``) is not
-released either: the release has no reference to build it from.
+released (``Exercise.not_released`` names it, and ``check`` says so).
+
+A toy model in the inputs (built in the student's process from ``reference.toy``, which a
+release does not carry) travels as a table: the course's Gaussian toys are affine in x at
+each level, so their slope and offset at every level a check can ask about are recorded
+(and the affinity checked) and :func:`_affine_model` replays them; a model that is not
+affine (a mixture) leaves its check unreleased.
 """
 
 from __future__ import annotations
@@ -844,8 +848,8 @@ def record_check(check: Any, exercise: str, encoder: Encoder | None = None) -> d
 
     Not recorded: a check that is not public or not a :class:`~grader.checks.Property` (an
     agreement, a behaviour; a law or a statistical check needs fresh draws), and a check whose
-    inputs carry a toy model (the student's process builds it from ``reference.toy``). An
-    aspect whose judge cannot be encoded is dropped (``data["dropped"]``).
+    inputs cannot be carried (a toy model that is not affine in x). An aspect whose judge
+    cannot be encoded is kept in place, judging nothing, and named in ``data["dropped"]``.
     """
     from grader.checks import Property
 
