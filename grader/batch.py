@@ -473,8 +473,9 @@ def serve_slot(out: str) -> int:
     exit status and error line would. Student code never runs here: each submission
     runs in its own sandboxed kernel, launched one submission ahead.
     """
-    from grader.cli import _terminate_cleanly
+    from grader.cli import _skip_unused_validators, _terminate_cleanly
 
+    _skip_unused_validators()  # as `grade submit` does: nbformat's import without rfc3987's 2.5 s parser
     channel = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8")
     os.dup2(2, 1)  # whatever the grader prints goes to stderr, never into the channel
     sys.stdout = sys.stderr

@@ -227,6 +227,7 @@ class Grading:
 
     def run_notebook(self) -> list[CellRun]:
         """Load and validate the notebook and its exercise, wait for the kernel, run every cell."""
+        from grader.checks.property import warm_hypothesis
         from grader.exercises import load_exercise
         from grader.load import load_submission
 
@@ -238,6 +239,7 @@ class Grading:
         self.checks = self.exercise.all_checks()
         self.notebook = self.submission.notebook  # executed in place: the original file is never written
         nbformat.write(self.notebook, self.folder / "submission.ipynb")
+        warm_hypothesis()  # its one-time start, paid while the kernel boots; no later draw changes
         self.kernel.start()
         self.isolation = _check_isolation(self.kernel.walls.isolation, self.options.require_isolation)
         self.runs = self.kernel.run_notebook(self.notebook, self.deadline)
