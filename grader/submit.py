@@ -95,6 +95,10 @@ def run_checks(checks: tuple[Check, ...], ctx: Context, deadline: float | None =
     from grader.sandbox import wire
 
     rows = []
+    try:  # one query: which graded functions are left as their stub (their tests then fail at once)
+        ctx.find_stubs([c.function for c in checks if c.function])
+    except Exception as exc:  # noqa: BLE001 -- without the answer everything is graded as before
+        print(f"grader: the stub query failed ({type(exc).__name__}); grading every call", file=sys.stderr)
     for check in checks:
         specs = check.tests()
         if deadline is not None and time.monotonic() >= deadline:

@@ -182,6 +182,9 @@ class Law(Statistical):
             check_probe(self.probe)
 
     def run(self, ctx: Context) -> list[Verdict]:
+        stub = ctx.stub(self.function, self.probe)
+        if stub is not None:  # stat_verdict's verdict for an unanswered call, without drawing the samples
+            return [Verdict(False, stub.explain(self.function), {"traceback": stub.traceback})]
         return [stat_verdict(self, lambda: self.measure(ctx))]
 
     def measure(self, ctx: Context) -> StatReport:

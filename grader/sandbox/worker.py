@@ -16,6 +16,8 @@ logs of recorded models) and ``refusals`` (what the guard refused meanwhile).
 from __future__ import annotations
 
 import base64
+import dis
+import inspect
 import linecache
 import os
 import random
@@ -28,7 +30,7 @@ import torch
 
 from grader.sandbox import constants, guard, models, wire
 
-__all__ = ["CallTimeout", "StudentNamespace", "execute", "reply", "serve"]
+__all__ = ["CallTimeout", "StudentNamespace", "execute", "is_stub", "reply", "serve", "stub_outcomes"]
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _TORCH = os.path.dirname(os.path.abspath(torch.__file__))
@@ -143,6 +145,85 @@ def _run_one(call: dict, namespace: dict, seed: int, timeout: float | None) -> d
     return outcome
 
 
+#: Opcodes that do nothing a stub could differ by (interpreter bookkeeping across Python 3.11-3.13).
+_NEUTRAL = frozenset({"RESUME", "NOP", "CACHE", "PUSH_NULL", "PRECALL", "EXTENDED_ARG", "KW_NAMES"})
+_LAZY = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
+
+
+def _is_stub_function(fn: Any) -> bool:
+    """``fn`` is a plain function whose body is an optional docstring and ``raise NotImplementedError(<constants>)``.
+
+    Decided from its bytecode (a notebook cell's source is not always at hand): load the builtin
+    ``NotImplementedError``, optionally call it on constants, raise. A generator (which raises
+    only when iterated), a wrapper, a shadowed ``NotImplementedError`` or any other statement is
+    not a stub.
+    """
+    if not inspect.isfunction(fn) or fn.__code__.co_flags & _LAZY:
+        return False
+    if "NotImplementedError" in fn.__globals__ or \
+            getattr(fn, "__builtins__", {}).get("NotImplementedError") is not NotImplementedError:
+        return False
+    ops = [(i.opname, i.argval) for i in dis.get_instructions(fn) if i.opname not in _NEUTRAL]
+    if not ops or ops[0] != ("LOAD_GLOBAL", "NotImplementedError") or ops[-1] != ("RAISE_VARARGS", 1):
+        return False
+    middle = ops[1:-1]
+    constants = [op for op in middle if op[0] in ("LOAD_CONST", "RETURN_CONST")]
+    calls = [op for op in middle if op[0] == "CALL"]
+    if len(constants) + len(calls) != len(middle) or len(calls) > 1:
+        return False
+    return (not calls and not constants) or (len(calls) == 1 and middle[-1] == ("CALL", len(constants)))
+
+
+def is_stub(target: Any) -> bool:
+    """A function left as its stub, or a class whose own ``__init__`` is one (it cannot be built)."""
+    if inspect.isclass(target):
+        init = target.__dict__.get("__init__")
+        return type(target) is type and target.__new__ is object.__new__ and _is_stub_function(init)
+    return _is_stub_function(target)
+
+
+def _placeholders(target: Any) -> tuple[list, dict] | None:
+    """``None`` for every parameter without a default: a stub raises before it reads any."""
+    try:
+        parameters = inspect.signature(target).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    args, kwargs = [], {}
+    for p in parameters:
+        if p.default is not p.empty or p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD):
+            continue
+        if p.kind == p.KEYWORD_ONLY:
+            kwargs[p.name] = None
+        else:
+            args.append(None)
+    return args, kwargs
+
+
+def stub_outcomes(names: list, namespace: dict, seed: int, timeout: float | None) -> dict:
+    """For each of ``names`` that is exactly its stub (:func:`is_stub`), the outcome of calling it.
+
+    One query before the checks: the grader then answers every direct call of such a function
+    with this outcome (the same status, message and traceback a real call gives: the stub is
+    called here once, its parameters ``None``, which its body never reads) instead of calling
+    it again per test. The answer comes from the student's process and is untrusted, but a lie
+    can only lose the student points: a function reported as a stub fails all its tests, and
+    anything not reported is graded as before.
+    """
+    found: dict = {}
+    for name in names if isinstance(names, list) else []:
+        target = namespace.get(name) if isinstance(name, str) else None
+        if not is_stub(target):
+            continue
+        placeholders = _placeholders(target)
+        if placeholders is None:
+            continue
+        outcome = _run_one({"function": name, "args": placeholders[0], "kwargs": placeholders[1]},
+                           namespace, seed, timeout)
+        if outcome.get("error_type") == "NotImplementedError":
+            found[name] = outcome
+    return found
+
+
 def execute(request: dict, namespace: dict, emit: Callable[[int, dict], None]) -> None:
     """Run every call of ``request`` against ``namespace``; ``emit(index, outcome)`` after each."""
     timeout = request.get("call_timeout")
@@ -156,6 +237,11 @@ def execute(request: dict, namespace: dict, emit: Callable[[int, dict], None]) -
                              "model_calls": [], "refusals": []})
                 continue
             seed = request["seeds"][index]
+            if "stubs" in call:  # the one query of which graded names are stubs (stub_outcomes)
+                outcome = {"status": "ok", "model_calls": [], "refusals": [], "value": wire.encode(
+                    stub_outcomes(call["stubs"], namespace, seed, timeout if use_alarm else None))}
+                emit(index, outcome)
+                continue
             outcome = _run_one(call, namespace, seed, timeout if use_alarm else None)
             timed_out = outcome["status"] == "timeout"
             emit(index, outcome)
