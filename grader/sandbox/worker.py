@@ -150,7 +150,16 @@ _NEUTRAL = frozenset({"RESUME", "NOP", "CACHE", "PUSH_NULL", "PRECALL", "EXTENDE
 _LAZY = inspect.CO_GENERATOR | inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR
 
 
-def _is_stub_function(fn: Any) -> bool:
+#: ``super().__init__()`` as it compiles (3.11; 3.12+), the one statement a class's stub ``__init__`` may
+#: hold before its raise (a torch or object parent's ``__init__`` without arguments cannot fail).
+_SUPER_INIT = (
+    [("LOAD_GLOBAL", "super"), ("CALL", 0), ("LOAD_METHOD", "__init__"), ("CALL", 0), ("POP_TOP", None)],
+    [("LOAD_GLOBAL", "super"), ("LOAD_DEREF", "__class__"), ("LOAD_FAST", "self"),
+     ("LOAD_SUPER_ATTR", "__init__"), ("CALL", 0), ("POP_TOP", None)],
+)
+
+
+def _is_stub_function(fn: Any, allow_super_init: bool = False) -> bool:
     """``fn`` is a plain function whose body is an optional docstring and ``raise NotImplementedError(<constants>)``.
 
     Decided from its bytecode (a notebook cell's source is not always at hand): load the builtin
@@ -163,7 +172,12 @@ def _is_stub_function(fn: Any) -> bool:
     if "NotImplementedError" in fn.__globals__ or \
             getattr(fn, "__builtins__", {}).get("NotImplementedError") is not NotImplementedError:
         return False
-    ops = [(i.opname, i.argval) for i in dis.get_instructions(fn) if i.opname not in _NEUTRAL]
+    ops = [(i.opname, i.argval) for i in dis.get_instructions(fn) if i.opname not in _NEUTRAL | {"COPY_FREE_VARS"}]
+    if allow_super_init and "super" not in fn.__globals__ and fn.__builtins__.get("super") is super:
+        for prefix in _SUPER_INIT:
+            if ops[:len(prefix)] == prefix:
+                ops = ops[len(prefix):]
+                break
     if not ops or ops[0] != ("LOAD_GLOBAL", "NotImplementedError") or ops[-1] != ("RAISE_VARARGS", 1):
         return False
     middle = ops[1:-1]
@@ -178,7 +192,10 @@ def is_stub(target: Any) -> bool:
     """A function left as its stub, or a class whose own ``__init__`` is one (it cannot be built)."""
     if inspect.isclass(target):
         init = target.__dict__.get("__init__")
-        return type(target) is type and target.__new__ is object.__new__ and _is_stub_function(init)
+        parent = next((c for c in target.__mro__[1:] if "__init__" in c.__dict__), object)
+        trusted_parent = parent is object or (parent.__module__ or "").split(".")[0] == "torch"
+        return (type(target) is type and target.__new__ is object.__new__
+                and _is_stub_function(init, allow_super_init=trusted_parent))
     return _is_stub_function(target)
 
 
