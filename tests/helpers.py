@@ -23,9 +23,11 @@ from grader.submit import DEFAULT_SEED, SubmitOptions, grade_submission, run_che
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: Seeds for catalogue and calibration tests. CI runs a reduced number; the full
-#: calibration (``benchmarks/calibrate.py``) sets CALIBRATION_SEEDS=200.
-SEEDS = int(os.environ.get("CALIBRATION_SEEDS", "10"))
+#: Seeds for catalogue and calibration tests. The suite (CI) runs every catalogue entry on 5 seeds, a
+#: regression check that fits CI's budget with eleven exercises; each exercise's calibration on 20 seeds
+#: is committed (benchmarks/results/calibration/) and is what ``benchmarks/calibrate.py --seeds 20``
+#: (CALIBRATION_SEEDS=20) reproduces.
+SEEDS = int(os.environ.get("CALIBRATION_SEEDS", "5"))
 
 
 @dataclass

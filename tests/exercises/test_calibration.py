@@ -1,7 +1,7 @@
 """Are the statistical checks calibrated: uniform p-values and no false failures for correct code?
 
 The reference's statistical checks on fewer seeds than the full calibration
-(``benchmarks/calibrate.py``): 3 × CALIBRATION_SEEDS (30 by default) seeds per exercise,
+(``benchmarks/calibrate.py``): 3 × CALIBRATION_SEEDS (15 by default) seeds per exercise,
 starting at seed 1000 so that these seeds differ from the catalogue's.
 
 For a correct implementation every statistic's p-value is Uniform(0, 1) (an

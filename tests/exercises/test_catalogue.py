@@ -9,8 +9,8 @@ detection in ≥ 99% of seeds; here every seed is required.
 
 Two runs of the same tests:
 
-* the full catalogue, every entry on ``CALIBRATION_SEEDS`` seeds (10 by default; the
-  full calibration, ``benchmarks/calibrate.py``, uses 200), is marked ``slow``: CI runs
+* the full catalogue, every entry on ``CALIBRATION_SEEDS`` seeds (5 by default; the
+  calibration, ``benchmarks/calibrate.py --seeds 20``, made the committed tables), is marked ``slow``: CI runs
   it (``python -m pytest``);
 * the contributor's quick loop (``python -m pytest -m "not slow"``) runs, per exercise,
   the correct namespace on one seed and the first catalogued bug and alternative on

@@ -273,7 +273,9 @@ def test_dask_cluster_with_a_worker_killed_mid_batch(tmp_path):
         deadline = time.monotonic() + 300
         busy: dict = {}
         while time.monotonic() < deadline and process.poll() is None:
-            busy = {w: keys for w, keys in client.processing().items() if keys}
+            # a gradable student's task: eve's is refused at once and leaves no feedback to look for
+            busy = {w: [k for k in keys if str(k).split("-")[1] != "eve"] for w, keys in client.processing().items()}
+            busy = {w: keys for w, keys in busy.items() if keys}
             if busy:
                 break
             time.sleep(0.2)
