@@ -38,6 +38,8 @@ from __future__ import annotations
 
 import torch
 
+from reference.ddim import _timestep_batch  # the model's (B,) timestep, as cfg uses it too
+
 __all__ = [
     "dpm_lambda",
     "dpm_solver_timesteps",
@@ -169,11 +171,6 @@ def dpm_solver_2m_step(
     r = (lam_t - dpm_lambda(_alpha_bar(alphas_cumprod, t_last))) / h
     d1 = (x0_pred - x0_pred_last) / _cast(r, xt)
     return _cast(ratio, xt) * xt - _cast(phi, xt) * x0_pred - _cast(0.5 * phi, xt) * d1
-
-
-def _timestep_batch(t: int, x: torch.Tensor) -> torch.Tensor:
-    """The model's timestep argument: LongTensor ``(B,)`` filled with ``t``, on ``x``'s device."""
-    return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
 
 
 def dpm_solver_sample(
