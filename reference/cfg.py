@@ -37,7 +37,7 @@ from typing import Sequence
 
 import torch
 
-from reference.ddim import _alpha_bar, _timestep_batch, ddim_step, ddim_timesteps
+from reference.ddim import _alpha_bar, _draw_x_T, _timestep_batch, ddim_step, ddim_timesteps
 
 __all__ = [
     "cfg_combine",
@@ -233,8 +233,7 @@ def cfg_sample(eps_model, shape: tuple[int, ...], cond: torch.Tensor, uncond: to
         ``(B, ...)`` samples in x_T's dtype and device.
     """
     if x_T is None:
-        device = generator.device if generator is not None else torch.device("cpu")
-        x_T = torch.randn(shape, generator=generator, device=device, dtype=torch.get_default_dtype())
+        x_T = _draw_x_T(shape, generator)
     timesteps = ddim_timesteps(alphas_cumprod.shape[0], num_steps, "leading").tolist()
     x = x_T
     for i, t in enumerate(timesteps):

@@ -188,6 +188,12 @@ def ddim_step(
     return _transition(eps, xt, alpha_bar_t, alpha_bar_prev, sigma, noise)
 
 
+def _draw_x_T(shape: tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
+    """x_T ~ N(0, I) of ``shape``, in the default dtype, on the generator's device (the CPU without one)."""
+    device = generator.device if generator is not None else torch.device("cpu")
+    return torch.randn(shape, generator=generator, device=device, dtype=torch.get_default_dtype())
+
+
 def _timestep_batch(t: int, x: torch.Tensor) -> torch.Tensor:
     """The model's timestep argument: LongTensor ``(B,)`` filled with ``t``, on ``x``'s device."""
     return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
@@ -227,8 +233,7 @@ def ddim_sample(
         ``(B, ...)`` x₀ samples, in x_T's dtype and device.
     """
     if x_T is None:
-        device = generator.device if generator is not None else torch.device("cpu")
-        x_T = torch.randn(shape, generator=generator, device=device, dtype=torch.get_default_dtype())
+        x_T = _draw_x_T(shape, generator)
     timesteps = ddim_timesteps(alphas_cumprod.shape[0], num_steps, spacing).tolist()
     x = x_T
     for i, t in enumerate(timesteps):

@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import torch
 
-from reference.ddim import _timestep_batch  # the model's (B,) timestep, as cfg uses it too
+from reference.ddim import _draw_x_T, _timestep_batch  # x_T and the model's (B,) timestep, as ddim and cfg
 
 __all__ = [
     "dpm_lambda",
@@ -203,8 +203,7 @@ def dpm_solver_sample(
         ``(B, ...)`` x₀ samples, in x_T's dtype and device.
     """
     if x_T is None:
-        device = generator.device if generator is not None else torch.device("cpu")
-        x_T = torch.randn(shape, generator=generator, device=device, dtype=torch.get_default_dtype())
+        x_T = _draw_x_T(shape, generator)
     timesteps = dpm_solver_timesteps(alphas_cumprod.shape[0], num_steps).tolist()
     x, x0_last = x_T, None
     for i, t in enumerate(timesteps):
