@@ -1139,14 +1139,7 @@ def weighted_chi2_p_value(weights: torch.Tensor, value: float) -> float:
         return theta * value + float(0.5 * torch.log1p(-theta * c).sum())
 
     lo, hi = (1e-12 * top, top * (1 - 1e-9)) if value >= mean else (-1e3 * top, -1e-12 * top)
-    ratio = (math.sqrt(5) - 1) / 2
-    for _ in range(40):
-        m1, m2 = hi - ratio * (hi - lo), lo + ratio * (hi - lo)
-        if rate(m1) > rate(m2):
-            hi = m2
-        else:
-            lo = m1
-    return min(1.0, 2 * math.exp(-max(rate(0.5 * (lo + hi)), 0.0)))
+    return min(1.0, 2 * math.exp(-max(_golden_max(rate, lo, hi), 0.0)))
 
 
 def _dsm_gap_terms(data: GaussianData, t: torch.Tensor, scale: float, beta_min: float, beta_max: float):
