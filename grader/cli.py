@@ -3,8 +3,9 @@
 Exit status: 0 when every test passed (or the command succeeded), 1 when grading
 completed below full marks (or below ``--min-score`` with ``--ci``), 2 when the
 input could not be graded or the command could not run, with one line on
-standard error saying why; 130 when interrupted (Ctrl-C, SIGTERM). Never a
-traceback of the grader's own.
+standard error saying why; 130 when interrupted (Ctrl-C, SIGTERM); 141 (a shell's
+"killed by SIGPIPE") when the reader of its output left early (``grade list | head``).
+Never a traceback of the grader's own.
 
 ``grade batch``: 0 when every notebook was graded (whatever its score), 1 when at
 least one could not be (its gradebook row says why: not gradable, timed out,
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import sys
 from pathlib import Path
@@ -353,12 +355,47 @@ def _refuse_in_a_release(command: str) -> None:
                          "the public checks only: call check(fn) in your notebook")
 
 
+#: Commands after which the console script leaves at once (:func:`run`): by then everything they
+#: made is written and closed, and their kernels' trees are gone.
+PROMPT_EXIT = ("submit", "list")
+#: The exit status when standard output's reader left early: 128 + SIGPIPE, as a shell reports it.
+EXIT_PIPE = 141
+_ran: list[str] = []  # the command main() last ran, for run()
+
+
+def run() -> None:
+    """The ``grade`` console script (and ``python -m grader``): :func:`main`, then exit.
+
+    After ``grade submit`` and ``grade list`` the process leaves with ``os._exit`` once its
+    output is flushed: Python's own teardown (freeing torch's, nbclient's and the checks' modules
+    one by one) took 0.5-0.6 s after the last result was written, on every submission, and
+    nothing is left for it to do: results.json, report.html and the executed notebook are
+    written and closed, and the kernel's whole tree is gone. Other commands (``grade batch``'s
+    Dask clients, ``generate``, ``release``) exit the ordinary way.
+    """
+    status = main()
+    if _ran and _ran[-1] in PROMPT_EXIT:
+        import logging
+
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except BrokenPipeError:  # the reader left before the buffered end of the output reached it
+                status = EXIT_PIPE if stream is sys.stdout else status
+            except (OSError, ValueError):  # a closed stream: nothing more can reach it anyway
+                pass
+        os._exit(status)
+    sys.exit(status)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``grade`` with ``argv`` (default: the command line); the exit status."""
     _skip_unused_validators()
     parser = build_parser()
     args = parser.parse_args(argv)
     _terminate_cleanly()
+    _ran.append(args.command)
     command = {"submit": _submit, "generate": _generate, "batch": _batch, "export": _export, "release": _release,
                "list": _list}[args.command]
     try:
@@ -370,6 +407,12 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("grade: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `grade list | head`: the reader left; nothing to say, and nobody to say it to
+        try:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so that the exit's flush cannot fail again
+        except (OSError, ValueError):
+            pass
+        return EXIT_PIPE
     except Exception as exc:  # noqa: BLE001 -- the promise: never a traceback of ours
         print(f"grade: internal error: {type(exc).__name__}: {exc} (please report this)", file=sys.stderr)
         return EXIT_UNGRADABLE

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -226,3 +227,48 @@ def test_precheck_names_the_exercise_like_load_submission(tmp_path):
         assert _precheck(path, flag) == load_submission(path, flag).path
     with pytest.raises(UnknownExercise):
         _precheck(unstamped, "nope")
+
+
+def _console(args, cwd=None):
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe is block-buffered, as for a user
+    return subprocess.run([sys.executable, "-m", "grader", *args], capture_output=True, text=True, cwd=cwd, env=env)
+
+
+def test_console_script_leaves_promptly_with_its_output_whole():  # no torch: ~0.3 s
+    """Does `grade list`, which leaves with os._exit (grader.cli.run), still deliver all of its piped output?
+
+    Seen failing with the flush taken out of run(): stdout to a pipe is block-buffered, and the list vanished.
+    """
+    from grader.exercises import exercise_names
+
+    out = _console(["list"])
+    assert out.returncode == 0, out.stderr
+    assert [line.split()[0] for line in out.stdout.splitlines() if line.strip()][-1] == sorted(exercise_names())[-1]
+    for name in exercise_names():
+        assert name in out.stdout
+
+
+@pytest.mark.slow
+def test_console_submit_json_is_whole_and_exit_status_kept(tmp_path):
+    """Is `grade submit --json` through the console path one whole JSON document, with exit status 1 for a stub,
+    and results.json and report.html written before the prompt exit?"""
+    root = Path(__file__).resolve().parents[2]
+    out = _console(["submit", str(root / "exercises" / "q_sampler"), "--out", str(tmp_path / "fb"), "--json"])
+    assert out.returncode == 1, out.stderr
+    document = json.loads(out.stdout)
+    assert document["score"] == 0 and document["tests"]
+    assert json.loads((tmp_path / "fb" / "results.json").read_text())["score"] == 0
+    assert (tmp_path / "fb" / "report.html").read_text().rstrip().endswith("</html>")
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback_and_no_error_line():  # no torch: ~0.3 s
+    """`grade list | head -1`: is it silent on stderr, exit 141, not "internal error: BrokenPipeError"?
+
+    Seen failing before: the BrokenPipeError of print() reached main's catch-all.
+    """
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+    grade = subprocess.Popen([sys.executable, "-m", "grader", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                             env=env, bufsize=0)
+    grade.stdout.close()  # the reader leaves before the first byte
+    err = grade.stderr.read().decode()
+    assert grade.wait() == 141 and err == "", err
