@@ -305,6 +305,20 @@ _ENV = jinja2.Environment(
 _ENV.filters["math"] = math_markup  # names and feedback: `$…$` and symbols such as β̃_0 as MathML
 
 
+def warm() -> None:
+    """Load the report step's lazy parts now: the compiled template, latex2mathml, matplotlib's Agg
+    canvas and its font (:func:`grader.submit.warm_report` calls this in the background)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    _ENV.get_template("report.html.j2")
+    latex_mathml(r"\bar\alpha_t")
+    figure = Figure(figsize=(1, 1), dpi=10)
+    FigureCanvasAgg(figure)
+    figure.add_subplot().set_title("x")
+    figure.canvas.draw()
+
+
 def _open_folder(out: Path) -> int:
     """A descriptor of the feedback folder, made if missing; refused if it is a link or not a folder."""
     out.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ import importlib.util
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -184,6 +185,34 @@ def _sanitised(test: TestResult) -> TestResult:
     return test
 
 
+_WARMED: list[threading.Thread] = []
+
+
+def warm_report() -> None:
+    """Load what the report step needs, in a daemon thread, once per process.
+
+    jinja2 and the report's template, latex2mathml, and matplotlib's Agg canvas with its font
+    (a first figure drawn): 0.5-0.7 s of imports that the report step paid after the kernel's tree
+    was gone, with nothing else left to do. Started while the kernel boots and runs the notebook,
+    when this process mostly waits on the kernel's sockets (the GIL is free then), it comes off the
+    critical path. Only imports and a throwaway figure: no result depends on it, and a failure here
+    is the report step's to raise later, where it is reported.
+    """
+    if _WARMED:
+        return
+
+    def warm() -> None:
+        try:
+            from grader.render import warm as warm_render
+
+            warm_render()
+        except Exception:  # noqa: BLE001 -- the report step imports the same again and reports any failure
+            pass
+
+    _WARMED.append(threading.Thread(target=warm, name="grader-warm-report", daemon=True))
+    _WARMED[0].start()
+
+
 class Grading:
     """One submission on its way through the pipeline; use as a context manager.
 
@@ -244,6 +273,7 @@ class Grading:
         self.notebook = self.submission.notebook  # executed in place: the original file is never written
         nbformat.write(self.notebook, self.folder / "submission.ipynb")
         warm_hypothesis()  # its one-time start, paid while the kernel boots; no later draw changes
+        warm_report()  # the report's imports, in the background while the kernel runs the notebook
         self.kernel.start()
         self.isolation = _check_isolation(self.kernel.walls.isolation, self.options.require_isolation)
         self.runs = self.kernel.run_notebook(self.notebook, self.deadline)
