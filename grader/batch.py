@@ -497,6 +497,7 @@ def serve_slot(out: str) -> int:
     if not isinstance(first, dict) or "options" not in first:
         return 2
     options = _options_from_json(first["options"])
+    zygote = _start_zygote(options)  # ready by the second submission: the first's kernel starts cold
     held: list = []  # every Grading this process made and has not closed: closed on the way out
     current = _begin(read(), options, held)
     try:
@@ -515,7 +516,27 @@ def serve_slot(out: str) -> int:
     finally:
         for grading in held:
             grading.close()
+        if zygote is not None:
+            zygote.close()
     return 0
+
+
+def _start_zygote(options: SubmitOptions):
+    """This slot's fork server (:mod:`grader.sandbox.zygote`), which every later kernel is forked from; None off Linux.
+
+    Each kernel it forks is what a cold one is (torch and ipykernel imported, then its own
+    namespace, limits, guard and walls) without the ~2 s of CPU of those imports; whatever it
+    cannot fork (not ready, dead, refusing) is launched cold, and a dead one is started again.
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    from grader.sandbox import kernel, procs
+    from grader.sandbox.zygote import Zygote
+
+    procs.become_subreaper()  # before any fork: its kernels are re-parented here
+    zygote = Zygote(kernel.kernel_environment(options.limits), options.limits.threads)
+    kernel.use_zygote(zygote)
+    return zygote
 
 
 def _begin(job, options: SubmitOptions, held: list):

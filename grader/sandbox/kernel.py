@@ -77,11 +77,55 @@ def _context() -> zmq.asyncio.Context:
 
 
 class _Manager(AsyncKernelManager):
-    """jupyter_client's kernel manager whose clients use the capped context (:func:`_context`)."""
+    """jupyter_client's kernel manager whose clients use the capped context (:func:`_context`).
+
+    With :attr:`zygote` set (a ``grade batch`` slot's, :func:`use_zygote`), the kernel's process is
+    forked by it, pre-imported, instead of started cold; when it cannot fork one, cold as ever.
+    """
+
+    zygote = None
 
     def client(self, **kwargs: Any):
         kwargs.setdefault("context", _context())
         return super().client(**kwargs)
+
+    async def _async_launch_kernel(self, kernel_cmd: list[str], **kw: Any) -> None:
+        process = None
+        if self.zygote is not None:
+            # What jupyter_client's launcher adds to the kernel's environment on POSIX.
+            env = {**kw["env"], "JPY_PARENT_PID": str(os.getpid())}
+            process = self.zygote.spawn(kernel_cmd, kw["cwd"], env)
+        if process is None:
+            return await super()._async_launch_kernel(kernel_cmd, **kw)
+        provisioner = self.provisioner
+        provisioner.process, provisioner.pid, provisioner.cwd = process, process.pid, kw["cwd"]
+        provisioner.pgid = process.pid  # the forked kernel is a session leader (start_new_session)
+        self._reconcile_connection_info(provisioner.connection_info)
+
+
+#: The zygote kernels are forked from in this process (a ``grade batch`` slot), or None: cold kernels.
+_ZYGOTE = None
+
+
+def use_zygote(zygote) -> None:
+    """Fork every later kernel of this process from ``zygote`` (:class:`grader.sandbox.zygote.Zygote`), or
+    start each cold (None). Only a ``grade batch`` slot does this; ``grade submit`` starts its kernel cold."""
+    global _ZYGOTE
+    _ZYGOTE = zygote
+
+
+def kernel_environment(limits: "Limits", extra: dict | None = None) -> dict:
+    """Every kernel's environment but its folders (IPYTHONDIR, TMPDIR and the caches under it)."""
+    project_root = str(Path(__file__).resolve().parents[2])
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JPY_", "JUPYTER_"))}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in [project_root, env.get("PYTHONPATH", "")] if p)
+    env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    env["PYTHONDONTWRITEBYTECODE"] = "1"
+    env["GRADER_MEMORY_LIMIT"] = str(limits.memory_bytes)
+    if limits.threads:
+        env["OMP_NUM_THREADS"] = str(limits.threads)
+    env.update(extra or {})
+    return env
 
 #: nbclient and jupyter_client log timeouts and restarts as errors on stderr; the grader
 #: reports them itself, in the feedback, so their logs go nowhere.
@@ -199,16 +243,9 @@ class SandboxKernel:
         return KernelSpec(argv=argv, display_name="grader sandbox", language="python")
 
     def _environment(self) -> dict:
-        project_root = str(Path(__file__).resolve().parents[2])
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("JPY_", "JUPYTER_"))}
-        env["PYTHONPATH"] = os.pathsep.join(p for p in [project_root, env.get("PYTHONPATH", "")] if p)
+        env = kernel_environment(self.limits)
         env["IPYTHONDIR"] = str(self.workdir / ".ipython")
         env.update(self.walls.environment())  # TMPDIR and caches in the kernel's own temporary folder
-        env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
-        env["PYTHONDONTWRITEBYTECODE"] = "1"
-        env["GRADER_MEMORY_LIMIT"] = str(self.limits.memory_bytes)
-        if self.limits.threads:
-            env["OMP_NUM_THREADS"] = str(self.limits.threads)
         env.update(self._env)
         return env
 
@@ -227,6 +264,8 @@ class SandboxKernel:
         # IPC sockets in the private folder: no TCP port for other local users to reach.
         self.km = _Manager(transport="ipc", ip=str(self._private / "kernel"), log=_QUIET)
         self.km._kernel_spec = self._kernel_spec()
+        if _ZYGOTE is not None and _ZYGOTE.threads == self.limits.threads:
+            self.km.zygote = _ZYGOTE
         try:
             run_sync(self._alaunch)()
         except Exception as exc:  # noqa: BLE001 -- any failure to start is the environment's
@@ -299,7 +338,7 @@ class SandboxKernel:
                 pass
         # Strays re-parented to this process, but not the kernels of other live SandboxKernels (a
         # `grade batch` slot launches the next submission's kernel while this one is still checked).
-        procs.reap(self._known_children | _LIVE)
+        procs.reap(self._known_children | _LIVE | ({_ZYGOTE.pid} if _ZYGOTE is not None and _ZYGOTE.pid else set()))
         shutil.rmtree(self._private, ignore_errors=True)
         self.client = None
         self.km = None

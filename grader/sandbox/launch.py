@@ -7,9 +7,10 @@ kernel command the grader gives jupyter_client. In this order it
    namespace (:mod:`grader.sandbox.namespace`): the kernel is PID 1 of it, so
    killing it kills everything the submission started, at once;
 2. sets resource limits: data segment (memory), CPU seconds, file size, no core dumps;
-3. loads what the grader needs in the kernel (torch, the worker, the toy problems),
-   before any student code can shadow or patch it — and before the walls, which
-   leave the grader's own files out of reach;
+3. loads what the grader needs in the kernel (torch, the worker, the toy problems,
+   ipykernel: :func:`preimport`), before any student code can shadow or patch it — and
+   before the walls, which leave the grader's own files out of reach (a ``grade batch``
+   slot forks its kernels from a process that did this once: :mod:`grader.sandbox.zygote`);
 4. installs the audit hook of :mod:`grader.sandbox.guard` (advice: clear messages
    for honest mistakes, not a wall);
 5. initialises ipykernel (its sockets are bound now), then applies the Landlock
@@ -63,9 +64,34 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def main(argv: list[str]) -> None:
+def preimport(threads: int | None) -> None:
+    """What every kernel loads before any student code can shadow or patch it, and before the walls.
+
+    torch (with its thread count), the sandbox's modules, the analytic toy problems, ipykernel.
+    A cold kernel runs this after its namespace and limits (:func:`main`); a ``grade batch``
+    slot's zygote runs it once and forks each kernel from it (:mod:`grader.sandbox.zygote`),
+    so this is the whole of what a forked kernel holds that a cold one would not yet.
+    """
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+
+    from grader.sandbox import guard, landlock, models, worker  # noqa: F401 -- loaded before the guard on purpose
+
+    models.preload()
+    from ipykernel.kernelapp import IPKernelApp  # noqa: F401 -- loaded before the guard (it reads nothing forbidden)
+
+
+def main(argv: list[str], preimported: bool = False) -> None:
+    """The kernel: ``argv`` is ``CONFIG.json`` then ipykernel's arguments.
+
+    ``preimported``: called in a kernel forked by the zygote, which did :func:`preimport`
+    and already asked to die with the slot; everything else is the same code.
+    """
     config_path, kernel_args = argv[0], argv[1:]
-    _die_with_parent()
+    if not preimported:
+        _die_with_parent()
     with open(config_path) as f:
         config = json.load(f)
     report = {"pid_namespace": False}
@@ -80,15 +106,10 @@ def main(argv: list[str]) -> None:
     # Opened now, written once the walls are up: neither the guard nor the walls will let it be opened later.
     report_file = open(config["report"], "w") if config.get("report") else None
 
-    threads = config.get("threads")
-    import torch
+    if not preimported:
+        preimport(config.get("threads"))
+    from grader.sandbox import guard
 
-    if threads:
-        torch.set_num_threads(int(threads))
-
-    from grader.sandbox import guard, landlock, models, worker  # noqa: F401 -- loaded before the guard on purpose
-
-    models.preload()
     os.environ["GRADER_SANDBOX"] = "1"
     guard.install(
         guard.Policy(
@@ -121,4 +142,8 @@ def _raise_walls(config: dict, report: dict, out) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--zygote"]:  # a grade batch slot's fork server (grader.sandbox.zygote), FD THREADS
+        from grader.sandbox import zygote
+
+        zygote.serve(int(sys.argv[2]), lambda: preimport(int(sys.argv[3]) or None), main)
     main(sys.argv[1:])
