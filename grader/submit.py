@@ -185,32 +185,47 @@ def _sanitised(test: TestResult) -> TestResult:
     return test
 
 
-_WARMED: list[threading.Thread] = []
+class Warmer:
+    """Work that no result depends on, done in a daemon thread while the kernel boots and runs the notebook.
 
-
-def warm_report() -> None:
-    """Load what the report step needs, in a daemon thread, once per process.
-
-    jinja2 and the report's template, latex2mathml, and matplotlib's Agg canvas with its font
-    (a first figure drawn): 0.5-0.7 s of imports that the report step paid after the kernel's tree
-    was gone, with nothing else left to do. Started while the kernel boots and runs the notebook,
-    when this process mostly waits on the kernel's sockets (the GIL is free then), it comes off the
-    critical path. Only imports and a throwaway figure: no result depends on it, and a failure here
-    is the report step's to raise later, where it is reported.
+    This process mostly waits on the kernel's sockets then (the GIL is free), and what it did after the
+    notebook instead sat on the critical path: the report's imports (jinja2 and its template,
+    latex2mathml, matplotlib's Agg canvas and font: 0.5-0.7 s), the first meta-device operations (0.5 s,
+    :func:`grader.checks.property.warm_meta`) and the hypothesis draws of every check (0.3-0.5 s,
+    :meth:`grader.checks.base.Check.prepare`, kept by :func:`grader.checks.property.draw_cases`).
+    :meth:`stop` (the checks are starting) lets the task in hand finish and skips the rest: the checks
+    then do it themselves, as they would without a warmer, with the same verdicts. A task that fails is
+    dropped: the step that needs it does the same work again and reports any failure there.
     """
-    if _WARMED:
-        return
 
-    def warm() -> None:
-        try:
-            from grader.render import warm as warm_render
+    def __init__(self, tasks: list) -> None:
+        self._stopped = threading.Event()
+        self.done: list[str] = []  # the tasks that ran, by name (tests)
+        self.thread = threading.Thread(target=self._run, args=(tasks,), name="grader-warmer", daemon=True)
+        self.thread.start()
 
-            warm_render()
-        except Exception:  # noqa: BLE001 -- the report step imports the same again and reports any failure
-            pass
+    def _run(self, tasks: list) -> None:
+        for task in tasks:
+            if self._stopped.is_set():
+                return
+            try:
+                task()
+                self.done.append(getattr(task, "__qualname__", repr(task)))
+            except Exception:  # noqa: BLE001 -- see the class's docstring
+                pass
 
-    _WARMED.append(threading.Thread(target=warm, name="grader-warm-report", daemon=True))
-    _WARMED[0].start()
+    def stop(self) -> None:
+        self._stopped.set()
+
+
+def _warm_tasks(checks: tuple[Check, ...], ctx) -> list:
+    """What :class:`Warmer` does for a submission, the most needed first (a stub needs only the report)."""
+    import functools
+
+    from grader.checks.property import warm_meta
+    from grader.render import warm as warm_report
+
+    return [warm_report, warm_meta, *(functools.partial(check.prepare, ctx) for check in checks)]
 
 
 class Grading:
@@ -244,6 +259,7 @@ class Grading:
         self.folder = Path(tempfile.mkdtemp(prefix="grader-stage-"))
         self.kernel: SandboxKernel | None = None
         self.runs: list[CellRun] | None = None
+        self.warmer: Warmer | None = None
         try:
             self.kernel = SandboxKernel(self.folder, options.limits,
                                         _forbidden_dirs(self.notebook_path, options.out, self.folder))
@@ -273,7 +289,7 @@ class Grading:
         self.notebook = self.submission.notebook  # executed in place: the original file is never written
         nbformat.write(self.notebook, self.folder / "submission.ipynb")
         warm_hypothesis()  # its one-time start, paid while the kernel boots; no later draw changes
-        warm_report()  # the report's imports, in the background while the kernel runs the notebook
+        self.warmer = Warmer(_warm_tasks(self.checks, self._context(None)))
         self.kernel.start()
         self.isolation = _check_isolation(self.kernel.walls.isolation, self.options.require_isolation)
         self.runs = self.kernel.run_notebook(self.notebook, self.deadline)
@@ -281,20 +297,26 @@ class Grading:
 
     def check(self) -> tuple[GradingResult, nbformat.NotebookNode]:
         """Run every check against the kernel, then end its tree; the results and the executed notebook."""
-        from grader.checks import Context
         from grader.runner import KernelRunner
 
         if self.runs is None:
             self.run_notebook()
+        if self.warmer is not None:
+            self.warmer.stop()
         try:
-            ctx = Context(KernelRunner(self.kernel, self.deadline), self.device, self.options.seed, self.exercise.name)
-            rows = run_checks(self.checks, ctx, self.deadline)
+            rows = run_checks(self.checks, self._context(KernelRunner(self.kernel, self.deadline)), self.deadline)
         finally:
             self.close()  # the kernel's tree is gone before any result is made
         result = to_results(self.exercise, rows, self.runs, self.notebook, self.submission.path, self.options,
                             self.device, time.monotonic() - self.started)
         result.isolation = self.isolation
         return result, self.notebook
+
+    def _context(self, runner):
+        """The checks' context: the same seed, device and exercise for :meth:`check` and for the warmer."""
+        from grader.checks import Context
+
+        return Context(runner, self.device, self.options.seed, self.exercise.name)
 
     def close(self) -> None:
         """Kill the kernel's whole tree and remove the working folder (idempotent)."""

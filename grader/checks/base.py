@@ -370,3 +370,8 @@ class Check:
 
     def run(self, ctx: Context) -> list[Verdict]:
         raise NotImplementedError
+
+    def prepare(self, ctx: Context) -> None:
+        """Do ahead what :meth:`run` will need that depends on neither the student nor the kernel
+        (``ctx.runner`` may be None here): ``grade submit`` calls it in the background while the
+        kernel runs the notebook. :meth:`run` must give the same verdicts whether or not it was called."""

@@ -21,9 +21,11 @@ output is a deterministic function of the case.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 import re
+import threading
 import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -44,8 +46,31 @@ __all__ = ["Agreement", "Aspect", "Diagnosis", "Property", "device_leak", "draw_
 SHRINK_CALLS = 60
 
 
+#: Cases drawn so far in this process, by (strategy, n, seed, examples): a draw is a pure function of
+#: those, so :meth:`Property.prepare` draws ahead and :meth:`Property.run` finds them here.
+_DRAWN: dict[tuple, tuple[st.SearchStrategy, list]] = {}
+_DRAWN_MAX = 4096
+#: Hypothesis runs one test at a time in this process: a draw ahead (in grade submit's background
+#: thread) and the checks' own draws and shrinks never overlap.
+HYPOTHESIS_LOCK = threading.RLock()
+
+
 def draw_cases(strategy: st.SearchStrategy, n: int, seed_value: int, examples: Sequence[Any] = ()) -> list:
-    """The explicit ``examples`` then up to ``n`` cases drawn by hypothesis, without duplicates."""
+    """The explicit ``examples`` then up to ``n`` cases drawn by hypothesis, without duplicates.
+
+    Drawn once per process for the same arguments (each caller gets its own copy of the cases).
+    """
+    key = (id(strategy), n, seed_value, repr(list(examples)))
+    with HYPOTHESIS_LOCK:
+        hit = _DRAWN.get(key)
+        if hit is None or hit[0] is not strategy:
+            hit = (strategy, _draw(strategy, n, seed_value, examples))
+            if len(_DRAWN) < _DRAWN_MAX:
+                _DRAWN[key] = hit
+        return copy.deepcopy(hit[1])
+
+
+def _draw(strategy: st.SearchStrategy, n: int, seed_value: int, examples: Sequence[Any]) -> list:
     drawn: list = []
 
     def record(case):
@@ -158,7 +183,7 @@ class Property(Check):
 
     def run(self, ctx: Context) -> list[Verdict]:
         stub = ctx.stub(self.function, self.probe)
-        tag = f"{self.function}:{self.aspects[0].name}"
+        tag = self._tag()
         if stub is None and self.examples and self.function in ctx.stubs:
             # A probe drives a stub: its first example answers for every case (see Context.call), so
             # when it raised NotImplementedError no case is drawn; otherwise the full run follows.
@@ -167,8 +192,7 @@ class Property(Check):
         if stub is not None:  # every case would fail alike: today's verdict, no case drawn, no call
             return [Verdict(False, f"{stub.explain(self.function)} (on every input)",
                             {"traceback": stub.traceback} if stub.traceback else {}) for _ in self.aspects]
-        n = max(1, math.ceil(self.max_examples * ctx.scale))
-        cases = draw_cases(self.cases, n, ctx.seed_for("cases", tag) % 2**32, self.examples)
+        cases = self._cases(ctx, tag)
         inputs = [self.build(case, ctx) for case in cases]
         outcomes = ctx.call(self.function, inputs, self.probe, tag=tag)
         cache = {repr(c): (i, o) for c, i, o in zip(cases, inputs, outcomes)}
@@ -179,6 +203,17 @@ class Property(Check):
             for i in on_device if leak else ():
                 verdicts[i] = leak
         return self._gate(verdicts)
+
+    def _tag(self) -> str:
+        return f"{self.function}:{self.aspects[0].name}"
+
+    def _cases(self, ctx: Context, tag: str) -> list:
+        n = max(1, math.ceil(self.max_examples * ctx.scale))
+        return draw_cases(self.cases, n, ctx.seed_for("cases", tag) % 2**32, self.examples)
+
+    def prepare(self, ctx: Context) -> None:
+        """Draw the cases ahead (:func:`draw_cases` keeps them): they depend on the seed alone."""
+        self._cases(ctx, self._tag())
 
     def _gate(self, verdicts: list[Verdict]) -> list[Verdict]:
         """A gated aspect that passed keeps its points only if the value aspects it depends on passed."""
@@ -263,7 +298,8 @@ class Property(Check):
         )(test)
         seed(ctx.seed_for("cases", tag) % 2**32)(test)
         try:
-            test()
+            with HYPOTHESIS_LOCK:
+                test()
         except BaseException:  # noqa: BLE001 -- hypothesis re-raises the (shrunk) failure
             pass
         return failing[-1] if failing else None
@@ -373,6 +409,16 @@ def lazy_dynamo_guards(ns):  # no annotations: shipped as source to a process wi
         fn.__dynamo_disable = guard
         seeded += 1
     return seeded
+
+
+def warm_meta() -> None:
+    """Pay this process's first operations on PyTorch's meta device now (``grade submit`` calls it in the
+    background while the notebook runs): they import torch's meta and symbolic-shape machinery, sympy with
+    it, ~0.5 s, which the first :func:`device_leak` paid on the critical path. With
+    :func:`lazy_dynamo_guards` first, as in the student's process: no torch._dynamo import (another 0.6 s)."""
+    lazy_dynamo_guards({})
+    x = torch.randn(3, 2, device=META)
+    (torch.cat([x, torch.zeros_like(x)]) * torch.arange(2, device=META)).sum(0).sqrt()
 
 
 #: The runners (one per student process) whose process has had :func:`lazy_dynamo_guards`.
