@@ -222,8 +222,15 @@ def _warm_tasks(checks: tuple[Check, ...], ctx) -> list:
     """What :class:`Warmer` does for a submission, the most needed first (a stub needs only the report)."""
     import functools
 
-    from grader.checks.property import warm_meta
-    from grader.render import warm as warm_report
+    def warm_report() -> None:  # imported here, in the warmer's thread: grader.render loads jinja2
+        from grader.render import warm
+
+        warm()
+
+    def warm_meta() -> None:
+        from grader.checks.property import warm_meta as warm
+
+        warm()
 
     return [warm_report, warm_meta, *(functools.partial(check.prepare, ctx) for check in checks)]
 

@@ -8,12 +8,15 @@ while the grader loads them, torch and the exercise.
 from __future__ import annotations
 
 import json
+import time
+from queue import Empty
 
 import nbformat
+from jupyter_core.utils import ensure_async
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
-__all__ = ["DeadKernelError", "_CappedClient", "_short_error"]
+__all__ = ["DeadKernelError", "_CappedClient", "_short_error", "wait_for_ready"]
 
 
 class _CappedClient(NotebookClient):
@@ -55,6 +58,19 @@ class _CappedClient(NotebookClient):
         self._cut: set[int] = set()
         self.timed_out = False
 
+    async def async_start_new_kernel_client(self):
+        """nbclient's, but ready as soon as the kernel has answered (:func:`wait_for_ready`)."""
+        assert self.km is not None
+        self.kc = self.km.client()
+        try:
+            await ensure_async(self.kc.start_channels())
+            await wait_for_ready(self.kc, self.startup_timeout)
+        except Exception:
+            await self._async_cleanup_kernel()
+            raise
+        self.kc.allow_stdin = False
+        return self.kc
+
     async def _async_handle_timeout(self, timeout, cell=None):
         self.timed_out = True  # whatever the kernel answers after the interrupt, this cell timed out
         return await super()._async_handle_timeout(timeout, cell)
@@ -66,3 +82,44 @@ def _short_error(content: dict) -> dict:
     lines = [str(line)[:2000] for line in lines[-60:]] if isinstance(lines, list) else []
     return {**content, "ename": str(content.get("ename", "Error"))[:200],
             "evalue": str(content.get("evalue", ""))[:2000], "traceback": lines}
+
+
+#: Seconds to wait for IOPub to carry the answer of one kernel_info request once its reply came, before
+#: asking again (IOPub's subscription may not have joined yet; what it missed is lost): jupyter_client's.
+IOPUB_JOIN = 0.2
+
+
+async def wait_for_ready(kc, timeout: float) -> None:
+    """Return once the kernel answered a kernel_info request on the shell channel *and* IOPub carried
+    that request's "idle" status, so both channels are connected and the first cell's output cannot be
+    lost; raise RuntimeError when it died or ``timeout`` passed first.
+
+    jupyter_client's ``wait_for_ready`` ends with a blind drain of IOPub that always waits 0.2 s for a
+    message that does not come (on every submission); here the kernel_info's own busy/idle pair is the
+    proof that IOPub is joined, and the wait ends the moment its "idle" arrives.
+    """
+    deadline = time.monotonic() + timeout
+    asked: set[str] = set()
+    while True:
+        asked.add(kc.kernel_info())
+        replied = False
+        try:
+            reply = await ensure_async(kc.shell_channel.get_msg(timeout=1))
+            replied = reply.get("msg_type") == "kernel_info_reply"
+        except Empty:
+            pass
+        if replied:
+            joined = time.monotonic() + IOPUB_JOIN
+            while time.monotonic() < joined:
+                try:
+                    msg = await ensure_async(kc.iopub_channel.get_msg(timeout=max(0.0, joined - time.monotonic())))
+                except Empty:
+                    break
+                if (msg.get("parent_header", {}).get("msg_id") in asked and msg.get("msg_type") == "status"
+                        and msg.get("content", {}).get("execution_state") == "idle"):
+                    kc._handle_kernel_info_reply(reply)
+                    return
+        if not await ensure_async(kc.is_alive()):
+            raise RuntimeError("Kernel died before replying to kernel_info")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"Kernel didn't respond in {timeout:.0f} seconds")
