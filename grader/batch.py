@@ -497,7 +497,7 @@ def serve_slot(out: str) -> int:
     if not isinstance(first, dict) or "options" not in first:
         return 2
     options = _options_from_json(first["options"])
-    zygote = _start_zygote(options)  # ready by the second submission: the first's kernel starts cold
+    zygote = _start_zygote(options)  # the first kernel's launch waits for its imports, which a cold kernel would do
     held: list = []  # every Grading this process made and has not closed: closed on the way out
     current = _begin(read(), options, held)
     try:

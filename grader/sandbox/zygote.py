@@ -11,12 +11,15 @@ For each request ``{"config", "argv", "cwd", "env", "parent"}`` it forks:
 * the child (``C``) closes the control socket and every other inherited descriptor
   (standard streams on ``/dev/null``, as jupyter_client gives a cold kernel), changes to
   the kernel's folder, replaces the environment, resets what a fork shares but a cold
-  start would not (numpy's global generator, ``tempfile``'s cached folder; Python's
-  ``random`` reseeds itself at fork), and forks again;
+  start would not (torch's CPU generator, which torch seeds from the OS at its import,
+  numpy's global generator, ``tempfile``'s cached folder; Python's ``random`` reseeds
+  itself at fork), and forks again;
 * the grandchild (``G``) starts a session of its own (jupyter_client's
   ``start_new_session``), reports its pid, waits until ``C`` has exited and it has been
   re-parented to the slot (a child subreaper), asks to be SIGKILLed with it
-  (``PR_SET_PDEATHSIG``), checks its parent *is* the slot, and then runs the rest of
+  (``PR_SET_PDEATHSIG``), checks its parent *is* the slot, stops itself until the slot,
+  holding the zygote's answer, continues it (so that a kernel whose answer was lost never
+  competes with the cold kernel launched instead), and then runs the rest of
   :func:`grader.sandbox.launch.main` — namespace, limits, guard, ipykernel, walls —
   the same code a cold kernel runs. ``G`` becomes the namespace's shim exactly as a cold
   kernel's process does, so the grader's side (:class:`grader.sandbox.isolation.Walls`)
@@ -26,7 +29,8 @@ For each request ``{"config", "argv", "cwd", "env", "parent"}`` it forks:
 forking thread: the zygote refuses a request (the slot then launches a cold kernel) unless
 ``/proc/self/task`` holds one thread. A zygote that died, refused or did not answer is
 never waited for: that submission's kernel is launched cold, and the slot starts a fresh
-zygote for the next one (:class:`Zygote`).
+zygote for the next one (:class:`Zygote`). Only a zygote still importing is waited for
+(:data:`READY_TIMEOUT`): a cold launch would do those same imports again.
 
 Known differences from a cold kernel, none a channel between submissions: every kernel of
 one zygote shares its ``PYTHONHASHSEED`` (string hashes, set order) and its address-space
@@ -53,6 +57,11 @@ __all__ = ["Zygote", "ZygoteProcess", "serve"]
 #: little; 10 s covers a machine loaded far past its cores (on 2 cores at load 6 the answers came
 #: in under 50 ms). A zygote slower than this is treated as dead: cold launch, fresh zygote.
 ANSWER_TIMEOUT = 10.0
+#: Seconds a kernel's launch waits for a zygote still doing its imports (only a slot's first kernel, or the
+#: second after a restart, finds it so): those imports are the very ones a cold kernel would do instead, so
+#: waiting costs no more CPU than a cold launch and saves a whole one — on 2 shared cores CPU is the cost.
+#: 30 s is 15 times their ~2 s at load 1; past it the kernel starts cold and the zygote is used later.
+READY_TIMEOUT = 30.0
 #: Seconds a forked kernel waits to be re-parented to the slot after its first parent exited
 #: (immediate in practice: the exit re-parents it). Past this it exits and the slot sees it gone.
 REPARENT_TIMEOUT = 10.0
@@ -169,9 +178,9 @@ def _child(control: int, report: int, argv: list[str], cwd: str, env: dict, pare
     sys.path[0] = os.getcwd()
     sys.argv[1:] = argv
     _fresh_state()
+    first_parent = os.getpid()  # C's: read by G after the fork, C may already be gone (G's parent: the slot)
     kernel = os.fork()
     if kernel == 0:  # G
-        first_parent = os.getppid()
         os.setsid()  # its own session and process group, as jupyter_client's start_new_session gives it
         _write_all(report, str(os.getpid()).encode())
         os.close(report)
@@ -183,6 +192,10 @@ def _child(control: int, report: int, argv: list[str], cwd: str, env: dict, pare
         _die_with_parent()  # only now: PDEATHSIG fires at re-parenting too
         if os.getppid() != parent:  # not the slot's (not a subreaper, or already gone): no kernel
             os._exit(72)
+        # Wait for the slot's go-ahead (SIGCONT), sent once it has the zygote's answer and this process is its
+        # kernel: a G whose answer was lost (the zygote died first) stays stopped, binds nothing of the
+        # connection file the slot's cold launch then uses, and is killed by the slot as a stray.
+        os.kill(os.getpid(), signal.SIGSTOP)
         for name in ("grader.sandbox.zygote",):  # the kernel need not find the zygote's module
             sys.modules.pop(name, None)
         package = sys.modules.get("grader.sandbox")
@@ -212,6 +225,9 @@ def _fresh_state() -> None:
 
     tempfile.tempdir = None  # read again from TMPDIR (the kernel's own folder)
     tempfile._name_sequence = None  # its generator: drawn again
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.default_generator.seed()  # torch seeds its CPU generator from the OS at start: each kernel its own
     numpy_random = sys.modules.get("numpy.random")
     if numpy_random is not None:
         numpy_random.seed()  # the legacy global generator, from the OS's entropy as at numpy's import
@@ -360,6 +376,14 @@ class Zygote:
             return None
         return answer if isinstance(answer, dict) else None
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the zygote's imports to be done (a slot never waits: tests, tools)."""
+        deadline = time.monotonic() + timeout
+        while not self.ready and self.alive() and time.monotonic() < deadline:
+            hello = self._line(min(0.5, max(0.0, deadline - time.monotonic())))
+            self.ready = hello is not None and "ready" in hello
+        return self.ready
+
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
@@ -367,8 +391,8 @@ class Zygote:
         """Fork a kernel for ``cmd`` (launch.py's command); None when it must be launched cold.
 
         None when the command is not launch.py's, the environment's start-up variables differ
-        from the zygote's, or the zygote is not ready yet, refuses, is dead or does not answer
-        (then a fresh zygote is started for the next kernel).
+        from the zygote's, or the zygote is not ready within :data:`READY_TIMEOUT`, refuses, is
+        dead or does not answer (then a fresh zygote is started for the next kernel).
         """
         head = [sys.executable, "-m", "grader.sandbox.launch"]
         if cmd[:3] != head or len(cmd) < 4 or cmd[3].startswith("--") or _startup(env) != _startup(self.env):
@@ -377,13 +401,11 @@ class Zygote:
             self.restarts += 1
             self.start()
             return self._cold("the zygote was not running (started again for the next kernel)")
-        if not self.ready:
-            hello = self._line(0.0)
-            if hello is None or "ready" not in hello:
-                if hello is not None or not self.alive():
-                    self.start()
-                return self._cold("the zygote is still importing")
-            self.ready = True
+        if not self.ready and not self.wait_ready(READY_TIMEOUT):
+            if not self.alive():
+                self.restarts += 1
+                self.start()
+            return self._cold("the zygote is still importing")
         request = {"argv": cmd[3:], "cwd": cwd, "env": env, "parent": os.getpid()}
         try:
             self.socket.sendall(json.dumps(request).encode() + b"\n")
@@ -399,6 +421,9 @@ class Zygote:
         pid = answer.get("pid")
         if type(pid) is not int or not _is_my_child(pid):
             return self._cold(f"the zygote refused: {answer.get('error', 'no kernel')}")
+        if not _stopped(pid, ANSWER_TIMEOUT):  # it exited, or never got as far as its go-ahead
+            return self._cold("the forked kernel ended before it started")
+        os.kill(pid, signal.SIGCONT)  # the go-ahead: from here on it runs launch.main
         self.forks += 1
         return ZygoteProcess(pid, cmd)
 
@@ -406,6 +431,25 @@ class Zygote:
         self.colds += 1
         self.last_refusal = why
         return None
+
+
+def _stopped(pid: int, timeout: float) -> bool:
+    """Wait until our child ``pid`` stops itself (True), or ends or overruns ``timeout`` (False: then it is gone)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            found, status = os.waitpid(pid, os.WNOHANG | os.WUNTRACED)
+        except ChildProcessError:
+            return False
+        if found == pid:
+            if os.WIFSTOPPED(status):
+                return True
+            return False  # it ended (and is reaped)
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return False
+        time.sleep(0.0005)
 
 
 def _is_my_child(pid: int) -> bool:
