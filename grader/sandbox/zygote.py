@@ -27,7 +27,8 @@ For each request ``{"config", "argv", "cwd", "env", "parent"}`` it forks:
 
 ``unshare(CLONE_NEWUSER)`` refuses a multithreaded process, and a fork keeps only the
 forking thread: the zygote refuses a request (the slot then launches a cold kernel) unless
-``/proc/self/task`` holds one thread. A zygote that died, refused or did not answer is
+``/proc/self/task`` holds one thread (with ``--threads`` above 1 torch starts threads at its
+import: such a zygote is closed at once and every kernel starts cold). A zygote that died, refused or did not answer is
 never waited for: that submission's kernel is launched cold, and the slot starts a fresh
 zygote for the next one (:class:`Zygote`). Only a zygote still importing is waited for
 (:data:`READY_TIMEOUT`): a cold launch would do those same imports again.
@@ -318,6 +319,7 @@ class Zygote:
         self.buffer = b""
         self.forks = self.colds = self.restarts = 0
         self.last_refusal = ""
+        self.unusable = ""  # why no kernel will ever be asked of it (then it is closed)
         self.start()
 
     @property
@@ -382,7 +384,12 @@ class Zygote:
         while not self.ready and self.alive() and time.monotonic() < deadline:
             hello = self._line(min(0.5, max(0.0, deadline - time.monotonic())))
             self.ready = hello is not None and "ready" in hello
-        return self.ready
+            if self.ready and hello.get("threads") != 1:
+                # torch started threads at import (--threads above 1): every fork would be refused, so none is
+                # asked for; this slot's kernels all start cold.
+                self.unusable = f"the zygote holds {hello.get('threads')} threads after its imports"
+                self.close()
+        return self.ready and not self.unusable
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -394,6 +401,8 @@ class Zygote:
         from the zygote's, or the zygote is not ready within :data:`READY_TIMEOUT`, refuses, is
         dead or does not answer (then a fresh zygote is started for the next kernel).
         """
+        if self.unusable:
+            return self._cold(self.unusable)
         head = [sys.executable, "-m", "grader.sandbox.launch"]
         if cmd[:3] != head or len(cmd) < 4 or cmd[3].startswith("--") or _startup(env) != _startup(self.env):
             return self._cold("not launch.py's command, or another start-up environment")

@@ -104,6 +104,65 @@ def test_every_forked_process_is_the_slots_child_in_a_session_of_its_own(tmp_pat
         z.close()
 
 
+_DYING_ZYGOTE = """\
+import os, sys
+from grader.sandbox import zygote
+forked = zygote._fork
+def fork_then_die(control, request):  # forks the kernel, then dies before its answer reaches the slot
+    forked(control, request)
+    os._exit(9)
+zygote._fork = fork_then_die
+def main(argv, preimported):
+    open(argv[0], "w").write("ran")
+zygote.serve(int(sys.argv[1]), lambda: None, main)
+"""
+
+
+@linux_only
+def test_a_kernel_whose_answer_was_lost_never_runs(tmp_path, monkeypatch):
+    """The zygote forks a kernel and dies before answering: the slot launches that kernel cold (same connection
+    file). Does the orphaned fork stay stopped — never running launch.main, so never competing for the kernel's
+    sockets — until the slot kills it as a stray?"""
+    monkeypatch.setattr(Zygote, "command", [sys.executable, "-c", _DYING_ZYGOTE])
+    procs.become_subreaper()
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)}
+    z = Zygote(env, 1)
+    try:
+        assert z.wait_ready(60)
+        known = procs.children(os.getpid())
+        said = tmp_path / "said"
+        assert z.spawn([sys.executable, "-m", "grader.sandbox.launch", str(said)], str(tmp_path), env) is None
+        assert "did not answer" in z.last_refusal
+        deadline = time.monotonic() + 10
+        strays = set()
+        while not strays and time.monotonic() < deadline:  # the fork: a child of this process, stopped
+            strays = {p for p in procs.children(os.getpid()) - known - {z.pid}
+                      if Path(f"/proc/{p}/stat").read_text().rsplit(") ", 1)[1][0] == "T"}
+            time.sleep(0.05)
+        assert len(strays) == 1, procs.children(os.getpid()) - known
+        time.sleep(1.0)  # time enough to run, were it running
+        assert not said.exists()
+        procs.reap(known | {z.pid})  # what SandboxKernel.close does with strays
+        assert not strays & procs.children(os.getpid())
+    finally:
+        z.close()
+
+
+@linux_only
+def test_a_zygote_that_imports_threads_is_never_asked(monkeypatch):
+    """With torch's threads above 1 the zygote holds threads after its imports (seen: 3 with --threads 2): is it
+    closed once ready, and every kernel launched cold at once, not after a refused request each time?"""
+    monkeypatch.setattr(Zygote, "command", [sys.executable, "-c", "import os, sys, threading, time\n"
+                        "threading.Thread(target=time.sleep, args=(60,), daemon=True).start()\n"
+                        "from grader.sandbox import zygote\nzygote.serve(int(sys.argv[1]), lambda: None, None)"])
+    env = {"PATH": os.environ.get("PATH", ""), "PYTHONPATH": str(ROOT)}
+    z = Zygote(env, 2)
+    assert not z.wait_ready(60) and "2 threads" in z.unusable and not z.alive()
+    started = time.monotonic()
+    assert z.spawn([sys.executable, "-m", "grader.sandbox.launch", "/c.json"], "/", env) is None
+    assert time.monotonic() - started < 0.5 and z.restarts == 0 and z.last_refusal == z.unusable
+
+
 def test_spawn_launches_cold_what_the_zygote_cannot_make(monkeypatch):
     """A command that is not launch.py's, start-up variables (OMP_NUM_THREADS, PYTHON*) that differ from the
     zygote's, or a zygote still importing: does spawn answer None (a cold launch) each time, without waiting?"""
