@@ -94,7 +94,10 @@ class _Manager(AsyncKernelManager):
         if self.zygote is not None:
             # What jupyter_client's launcher adds to the kernel's environment on POSIX.
             env = {**kw["env"], "JPY_PARENT_PID": str(os.getpid())}
-            process = self.zygote.spawn(kernel_cmd, kw["cwd"], env)
+            try:
+                process = self.zygote.spawn(kernel_cmd, kw["cwd"], env)
+            except Exception:  # noqa: BLE001 -- whatever broke in the zygote, this kernel starts cold
+                process = None
         if process is None:
             return await super()._async_launch_kernel(kernel_cmd, **kw)
         provisioner = self.provisioner
