@@ -15,8 +15,10 @@ process with ``OMP_NUM_THREADS=1`` (the grader's kernel uses one torch thread to
 * **fast paths**: ``grade list``, ``grade --help`` and a bad-input error (a missing notebook),
   wall time of the console script; target < 0.5 s;
 * **batch** (``--batch-copies``, default 20, on ``--jobs`` 2): ``grade batch`` of copies of one
-  solution, wall × jobs / copies (the cost per submission per core) against that solution's
-  ``grade submit`` median; target ≤ 0.6×. One run (it is twenty gradings already).
+  solution, wall × jobs / copies (the cost per submission per core) against one ``grade submit``
+  of it, the mean of one run just before the batch and one just after (the same load); target
+  ≤ 0.6×. One run (it is twenty gradings already). ``--batch-cold`` also runs the batch with every
+  kernel started cold (``GRADER_ZYGOTE=0``): what the slots' zygote saves.
 
 Both sides import nbformat, whose jsonschema would build rfc3987_syntax's parser at import
 (2.4-2.8 s here, for a string format no notebook schema uses): the grader skips that import
@@ -27,7 +29,8 @@ The pairing is done here (not with farm-bench) because each run is also polled f
 score read back from results.json: the solutions must get full marks and the stubs none.
 
 Usage: python benchmarks/bench_speed.py [--repeat 3] [--exercises ddim q_sampler ...]
-       [--batch-exercise q_sampler] [--batch-copies 20] [--jobs 2] [--no-batch] [--out FILE]
+       [--batch-exercise q_sampler] [--batch-copies 20] [--jobs 2] [--no-batch] [--batch-cold]
+       [--out FILE]
 """
 
 from __future__ import annotations
@@ -93,10 +96,10 @@ def _pss_kib(pid: int) -> int:
     return 0
 
 
-def run(command: list[str], cwd: Path | None = None) -> dict:
+def run(command: list[str], cwd: Path | None = None, env: dict | None = None) -> dict:
     """Run ``command``; its wall time, the peak PSS of its process tree (MiB), its exit status."""
     started = time.perf_counter()
-    proc = subprocess.Popen(command, cwd=cwd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(command, cwd=cwd, env=env or ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
     while proc.poll() is None:
         peak = max(peak, sum(_pss_kib(p) for p in _tree(proc.pid)))
@@ -180,19 +183,34 @@ def measure_fast_paths(repeat: int, scratch: Path) -> dict:
             for label, argv in commands.items()}
 
 
-def measure_batch(name: str, copies: int, jobs: int, scratch: Path) -> dict:
+def measure_batch(name: str, copies: int, jobs: int, scratch: Path, cold: bool = False) -> dict:
+    """``grade batch`` of ``copies`` copies of the solution on ``jobs`` jobs, bracketed by one ``grade submit``
+    of it just before and one just after (the yardstick, under the same load); ``cold``: also the same batch
+    with every kernel started cold (GRADER_ZYGOTE=0), for the zygote's share."""
     submissions = scratch / "batch" / "submissions"
     for i in range(copies):
         folder = submissions / f"student{i:02d}"
         folder.mkdir(parents=True)
         shutil.copy(ROOT / "solutions" / name / f"{name}.ipynb", folder / f"{name}.ipynb")
-    result = run([str(GRADE), "batch", str(submissions), "--out", str(scratch / "batch" / "out"), "--jobs", str(jobs),
-                  "--exercise", name, "--progress", "lines"])
-    if result["rc"] != 0:
-        print(f"grade batch ended with {result['rc']}: {result['stderr']}", file=sys.stderr)
-    graded = sorted((scratch / "batch" / "out").glob("*/results.json"))
-    result["graded"] = sum(json.loads(path.read_text()).get("score") is not None for path in graded)
-    return {**result, "per_submission_per_core": result["wall"] * jobs / copies}
+
+    def batch(out: str, env: dict | None = None) -> dict:
+        result = run([str(GRADE), "batch", str(submissions), "--out", str(scratch / "batch" / out), "--jobs",
+                      str(jobs), "--exercise", name, "--progress", "lines"], env=env)
+        if result["rc"] != 0:
+            print(f"grade batch ended with {result['rc']}: {result['stderr']}", file=sys.stderr)
+        graded = sorted((scratch / "batch" / out).glob("*/results.json"))
+        result["graded"] = sum(json.loads(path.read_text()).get("score") is not None for path in graded)
+        return {**result, "per_submission_per_core": result["wall"] * jobs / copies}
+
+    before = grade_submit(ROOT / "solutions" / name, scratch)
+    result = batch("out")
+    after = grade_submit(ROOT / "solutions" / name, scratch)
+    result["brackets"] = [before["wall"], after["wall"]]
+    result["single"] = (before["wall"] + after["wall"]) / 2
+    if cold:
+        result["cold"] = batch("out-cold", {**ENV, "GRADER_ZYGOTE": "0"})
+        result["cold"]["single"] = grade_submit(ROOT / "solutions" / name, scratch)["wall"]
+    return result
 
 
 def table(names, runs, fast, batch, args, load, rounds=None) -> str:
@@ -206,8 +224,10 @@ def table(names, runs, fast, batch, args, load, rounds=None) -> str:
         "",
         (f"**Partial: {rounds} of {args.repeat} rounds so far.** " if rounds and rounds < args.repeat else "")
         + f"Machine: {os.cpu_count()} CPU cores, Python {sys.version.split()[0]}; load average {load[0]:.1f} at the "
-        f"start and {load[1]:.1f} at the end: **a loaded, shared machine** (other engineers' work ran beside it), "
-        "so absolute times are inflated and noisy; the ratios are paired (the two sides of each pair ran one "
+        f"start and {load[1]:.1f} at the end"
+        + (": **a loaded, shared machine** (other work ran beside it), so absolute times are inflated and noisy"
+           if max(load) > 1.5 else ", nothing else running")
+        + "; the ratios are paired (the two sides of each pair ran one "
         "after the other, in alternating order; a ratio is the median of the rounds' ratios) and are the figures "
         "to read. Medians of "
         f"{args.repeat} runs (the runs column), OMP_NUM_THREADS=1 on both sides; nbclient skips the rfc3987_syntax import as the "
@@ -240,14 +260,21 @@ def table(names, runs, fast, batch, args, load, rounds=None) -> str:
     for label, wall in fast.items():
         lines.append(f"| `{label}` | {wall:.3f} s | {'✓' if wall < 0.5 else '✗'} |")
     if batch:
-        single = median(runs[args.batch_exercise]["solution"]) if args.batch_exercise in runs else batch["single"]
+        single = batch["single"]
         ratio = batch["per_submission_per_core"] / single
         lines += ["", f"`grade batch` of {args.batch_copies} copies of the {args.batch_exercise} solution on "
                       f"{args.jobs} jobs: {batch['wall']:.1f} s, i.e. {batch['per_submission_per_core']:.2f} s per "
-                      f"submission per core, against {single:.2f} s for one `grade submit` of it: "
-                      f"**{ratio:.2f}×** (target ≤ 0.6×: {'met' if ratio <= 0.6 else 'not met'}); peak memory of "
-                      f"the batch's tree {batch['peak_mib']:.0f} MiB; {batch['graded']} of {args.batch_copies} "
-                      f"graded (exit {batch['rc']}). One run."]
+                      f"submission per core, against {single:.2f} s for one `grade submit` of it (the mean of one run "
+                      f"just before the batch and one just after: {batch['brackets'][0]:.2f} s, "
+                      f"{batch['brackets'][1]:.2f} s): **{ratio:.2f}×** (target ≤ 0.6×: "
+                      f"{'met' if ratio <= 0.6 else 'not met'}); peak memory of the batch's tree "
+                      f"{batch['peak_mib']:.0f} MiB; {batch['graded']} of {args.batch_copies} graded (exit {batch['rc']})."]
+        if "cold" in batch:
+            cold = batch["cold"]
+            lines += ["", f"The same batch with every kernel started cold (`GRADER_ZYGOTE=0`, no zygote), then one "
+                          f"`grade submit`: {cold['wall']:.1f} s, {cold['per_submission_per_core']:.2f} s per submission "
+                          f"per core against {cold['single']:.2f} s: {cold['per_submission_per_core'] / cold['single']:.2f}×; "
+                          f"{cold['graded']} of {args.batch_copies} graded."]
     return "\n".join(lines) + "\n"
 
 
@@ -261,6 +288,7 @@ def main() -> None:
     parser.add_argument("--batch-copies", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--no-batch", action="store_true")
+    parser.add_argument("--batch-cold", action="store_true", help="also the batch with every kernel cold (GRADER_ZYGOTE=0)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "speed.md")
     args = parser.parse_args()
     names = args.exercises or [n for n in exercise_names() if (ROOT / "solutions" / n / f"{n}.ipynb").is_file()
@@ -272,12 +300,9 @@ def main() -> None:
         print("fast paths:", {k: round(v, 3) for k, v in fast.items()}, flush=True)
         batch = None
         if not args.no_batch:  # first: twenty gradings, the figure the batch work needs
-            batch = measure_batch(args.batch_exercise, args.batch_copies, args.jobs, scratch)
-            print(f"batch: {batch['wall']:.1f} s, {batch['per_submission_per_core']:.2f} s per submission per core",
-                  flush=True)
-            if args.batch_exercise not in names:
-                batch["single"] = median([grade_submit(ROOT / "solutions" / args.batch_exercise, scratch)
-                                          for _ in range(args.repeat)])
+            batch = measure_batch(args.batch_exercise, args.batch_copies, args.jobs, scratch, args.batch_cold)
+            print(f"batch: {batch['wall']:.1f} s, {batch['per_submission_per_core']:.2f} s per submission per core "
+                  f"against {batch['single']:.2f} s", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
 
         def write(runs, rounds):
