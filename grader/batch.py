@@ -531,10 +531,10 @@ def _start_zygote(options: SubmitOptions):
     if not sys.platform.startswith("linux") or os.environ.get("GRADER_ZYGOTE") == "0":  # 0: every kernel cold
         return None
     from grader.sandbox import kernel, procs
-    from grader.sandbox.zygote import Zygote
+    from grader.sandbox.zygote import Zygote, environment
 
     procs.become_subreaper()  # before any fork: its kernels are re-parented here
-    zygote = Zygote(kernel.kernel_environment(options.limits), options.limits.threads)
+    zygote = Zygote(environment(options.limits), options.limits.threads)
     kernel.use_zygote(zygote)
     return zygote
 

@@ -37,6 +37,7 @@ from hypothesis import strategies as st
 from grader.checks.base import Check, Context, Inputs, Outcome, TestSpec, Verdict
 from grader.checks.base import check_probe
 from grader.checks.compare import DEFAULT_TOLERANCE, Mismatch, Tolerance, as_tensor, as_tuple, compare
+from grader.sandbox.meta import lazy_dynamo_guards
 from grader.sandbox.wire import SPEC
 
 __all__ = ["Agreement", "Aspect", "Diagnosis", "Property", "device_leak", "draw_cases", "dtype_device_aspect",
@@ -368,57 +369,12 @@ _DEVICE_MIXING = re.compile(r"is not on the expected device|Expected all tensors
 META = torch.device("meta")
 
 
-def lazy_dynamo_guards(ns):  # no annotations: shipped as source to a process without typing
-    """A probe, run once in the student's process before its first call on meta: no torch._dynamo import for it.
-
-    PyTorch computes most meta results in Python (``torch._refs``), each wrapped by
-    ``torch._disable_dynamo``, whose first call imports torch._dynamo only to build the guard: 2.5-3.7 s
-    on the loaded 2 cores (5-8 s in ``check()``), the bulk of the meta probe's cost. Here every such
-    wrapper gets its cached guard now: a function that calls the wrapped one directly while torch._dynamo
-    is not imported — then nothing can be compiling, so the guard has nothing to disable and the call is the
-    same — and that hands over to the real guard, for good, once torch._dynamo is imported (torch.compile,
-    torch.optim). Only wrappers without a guard yet are touched. Returns how many were given one (0 when
-    this torch's wrapper has another shape: nothing changed, the probe is only slower). ~0.1 s.
-    """
-    import gc
-    import sys
-    import types
-
-    import torch._compile
-
-    code = torch._compile._disable_dynamo(lambda: None).__code__
-    if not {"fn", "recursive"} <= set(code.co_freevars):
-        return 0
-    seeded = 0
-    for obj in gc.get_objects():
-        if type(obj) is not types.FunctionType or obj.__code__ is not code:
-            continue
-        cells = dict(zip(code.co_freevars, (cell.cell_contents for cell in obj.__closure__)))
-        fn, recursive = cells["fn"], cells["recursive"]
-        if getattr(fn, "__dynamo_disable", None) is not None:
-            continue
-
-        def guard(*args, _fn=fn, _recursive=recursive, **kwargs):
-            dynamo = sys.modules.get("torch._dynamo")
-            if dynamo is None:
-                return _fn(*args, **kwargs)
-            real = dynamo.disable(_fn, _recursive, wrapping=False)
-            _fn.__dynamo_disable = real
-            return real(*args, **kwargs)
-
-        fn.__dynamo_disable = guard
-        seeded += 1
-    return seeded
-
-
 def warm_meta() -> None:
-    """Pay this process's first operations on PyTorch's meta device now (``grade submit`` calls it in the
-    background while the notebook runs): they import torch's meta and symbolic-shape machinery, sympy with
-    it, ~0.5 s, which the first :func:`device_leak` paid on the critical path. With
-    :func:`lazy_dynamo_guards` first, as in the student's process: no torch._dynamo import (another 0.6 s)."""
-    lazy_dynamo_guards({})
-    x = torch.randn(3, 2, device=META)
-    (torch.cat([x, torch.zeros_like(x)]) * torch.arange(2, device=META)).sum(0).sqrt()
+    """Pay this process's first operations on PyTorch's meta device now (``grade submit``'s warmer calls it in
+    the background while the notebook runs): :func:`grader.sandbox.meta.warm`."""
+    from grader.sandbox.meta import warm
+
+    warm()
 
 
 #: The runners (one per student process) whose process has had :func:`lazy_dynamo_guards`.

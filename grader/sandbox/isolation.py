@@ -267,7 +267,8 @@ def require(isolation: dict) -> None:
                              f"({shortfall(isolation)})")
 
 
-def _matplotlib_cache() -> Path:
+def matplotlib_cache() -> Path:
+    """The grader's own matplotlib folder (its font list), which every kernel's private one is seeded from."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     return base / "diffusion-course-grader" / "matplotlib"
 
@@ -284,7 +285,7 @@ def _seed_matplotlib(target: Path) -> None:
     import shutil
     import subprocess
 
-    cache = _matplotlib_cache()
+    cache = matplotlib_cache()
     try:
         if not list(cache.glob("fontlist-*.json")):
             cache.mkdir(parents=True, exist_ok=True, mode=0o700)

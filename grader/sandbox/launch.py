@@ -64,23 +64,38 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def preimport(threads: int | None) -> None:
+def preimport(threads: int | None, warm: bool = False) -> None:
     """What every kernel loads before any student code can shadow or patch it, and before the walls.
 
     torch (with its thread count), the sandbox's modules, the analytic toy problems, ipykernel.
     A cold kernel runs this after its namespace and limits (:func:`main`); a ``grade batch``
-    slot's zygote runs it once and forks each kernel from it (:mod:`grader.sandbox.zygote`),
-    so this is the whole of what a forked kernel holds that a cold one would not yet.
+    slot's zygote runs it once, with ``warm``, and forks each kernel from it
+    (:mod:`grader.sandbox.zygote`), so this is the whole of what a forked kernel holds that a
+    cold one would not yet.
+
+    ``warm`` (the zygote only) also does what nearly every kernel then does first, once for all of
+    them: :func:`grader.sandbox.meta.warm` (the meta machinery the grader's device check needs,
+    ~0.5 s a kernel) and ``import matplotlib.pyplot`` (what every notebook's first cell imports,
+    ~0.7 s a kernel; pyplot chooses its backend at the first figure, in the kernel, so the inline
+    backend is set up there as in a cold kernel). A cold kernel does not: its boot runs while the
+    grader loads, and is already as long as that.
     """
     import torch
 
     if threads:
         torch.set_num_threads(int(threads))
 
-    from grader.sandbox import guard, landlock, models, worker  # noqa: F401 -- loaded before the guard on purpose
+    from grader.sandbox import guard, landlock, meta, models, worker  # noqa: F401 -- loaded before the guard on purpose
 
     models.preload()
     from ipykernel.kernelapp import IPKernelApp  # noqa: F401 -- loaded before the guard (it reads nothing forbidden)
+
+    if warm:
+        meta.warm()
+        try:
+            import matplotlib.pyplot  # noqa: F401
+        except ImportError:  # the notebook's own import then says so, as in a cold kernel
+            pass
 
 
 def main(argv: list[str], preimported: bool = False) -> None:
@@ -145,5 +160,5 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["--zygote"]:  # a grade batch slot's fork server (grader.sandbox.zygote), FD THREADS
         from grader.sandbox import zygote
 
-        zygote.serve(int(sys.argv[2]), lambda: preimport(int(sys.argv[3]) or None), main)
+        zygote.serve(int(sys.argv[2]), lambda: preimport(int(sys.argv[3]) or None, warm=True), main)
     main(sys.argv[1:])

@@ -51,7 +51,7 @@ import signal
 import sys
 import time
 
-__all__ = ["Zygote", "ZygoteProcess", "serve"]
+__all__ = ["Zygote", "ZygoteProcess", "environment", "serve"]
 
 #: Seconds the slot waits for the zygote to answer a fork request. A fork of a process holding
 #: torch (~400 MB mapped, copy-on-write) takes milliseconds, and two more forks and one exit add
@@ -233,6 +233,19 @@ def _fresh_state() -> None:
     if numpy_random is not None:
         numpy_random.seed()  # the legacy global generator, from the OS's entropy as at numpy's import
     # Python's `random` reseeds itself in every fork's child (random.py registers it with os.register_at_fork).
+    matplotlib = sys.modules.get("matplotlib")
+    if matplotlib is not None:  # its folders are memoised at import: read again, from the kernel's MPLCONFIGDIR
+        for name in ("get_configdir", "get_cachedir"):
+            _forget(getattr(matplotlib, name, None))
+
+
+def _forget(memoised) -> None:
+    """Make a function memoised by matplotlib's ``_logged_cached`` compute its value again at its next call."""
+    if memoised is None or not getattr(memoised, "__closure__", None):
+        return
+    cells = dict(zip(memoised.__code__.co_freevars, memoised.__closure__))
+    if "called" in cells:
+        cells["called"].cell_contents = False
 
 
 # ----------------------------------------------------------------------------------------- the slot's side
@@ -292,7 +305,17 @@ class ZygoteProcess:
 #: Environment variables read once, at the interpreter's or torch's start: a kernel forked from a
 #: zygote started with other values would not be the kernel a cold start makes. A request whose
 #: values differ is launched cold.
-_STARTUP_PREFIXES = ("PYTHON", "OMP_", "MKL_", "KMP_", "LD_", "MALLOC_", "GRADER_MEMORY", "TORCH", "CUDA", "PYTORCH")
+_STARTUP_PREFIXES = ("PYTHON", "OMP_", "MKL_", "KMP_", "LD_", "MALLOC_", "GRADER_MEMORY", "TORCH", "CUDA", "PYTORCH",
+                     "MPLBACKEND")
+
+
+def environment(limits) -> dict:
+    """The zygote's environment: every kernel's (:func:`grader.sandbox.kernel.kernel_environment`), with
+    MPLCONFIGDIR the grader's own matplotlib folder, whose font list each kernel's private folder is seeded
+    from: matplotlib, which the zygote imports, reads it there (a forked kernel reads its own folder again)."""
+    from grader.sandbox import isolation, kernel
+
+    return {**kernel.kernel_environment(limits), "MPLCONFIGDIR": str(isolation.matplotlib_cache())}
 
 
 def _startup(env: dict) -> dict:
