@@ -27,10 +27,11 @@ class _CappedClient(NotebookClient):
     with a note. Errors always pass, cut to a few lines, so that a failing cell is still seen.
     """
 
-    output_limit: int = 200_000
-    #: The whole notebook's outputs: 25 cells at the per-cell cap (the course's notebooks show a
-    #: dozen plots of about 50 kB each), so that many small floods cannot add up to a huge file.
-    total_cells: int = 25
+    output_limit: int = 1_000_000
+    #: The whole notebook's outputs, so that many small floods cannot add up to a huge file: 5 MB, twice
+    #: what the course's largest solution shows (a dozen figures of 50-270 kB each; scatter plots of
+    #: thousands of points are the large ones).
+    notebook_limit: int = 5_000_000
 
     def process_message(self, msg, cell, cell_index):  # noqa: D401 -- nbclient's hook
         msg_type = msg.get("msg_type") or msg.get("header", {}).get("msg_type")
@@ -42,11 +43,11 @@ class _CappedClient(NotebookClient):
         size = len(json.dumps(msg.get("content", {}), default=str))
         used, total = self._used.get(cell_index, 0), getattr(self, "_total", 0)  # _total outlives restarts
         self._used[cell_index], self._total = used + size, total + size
-        if used + size > self.output_limit or total + size > self.output_limit * self.total_cells:
+        if used + size > self.output_limit or total + size > self.notebook_limit:
             if cell_index not in self._cut:
                 self._cut.add(cell_index)
                 which = (f"{self.output_limit:,} bytes" if used + size > self.output_limit
-                         else f"{self.output_limit * self.total_cells:,} bytes in the whole notebook")
+                         else f"{self.notebook_limit:,} bytes in the whole notebook")
                 cell.setdefault("outputs", []).append(nbformat.v4.new_output(
                     "stream", name="stderr", text=f"\n[output cut by the grader after {which}]\n"))
             return None

@@ -161,7 +161,7 @@ class Limits:
     batch_timeout: float = 120.0
     memory_bytes: int = 4 * GiB
     cpu_seconds: int = 3600
-    output_bytes: int = 200_000
+    output_bytes: int = 1_000_000
     startup_timeout: float = 60.0
     threads: int | None = 1
 

@@ -76,3 +76,33 @@ def test_a_dead_kernel_and_a_silent_one_raise():
         asyncio.run(wait_for_ready(_Client(answers=False, alive=False), 30))
     with pytest.raises(RuntimeError, match="respond"):
         asyncio.run(wait_for_ready(_Client(answers=False), 0.05))
+
+
+def _display(png_chars: int) -> dict:
+    return {"msg_type": "display_data", "header": {"msg_type": "display_data"}, "parent_header": {"msg_id": "x"},
+            "content": {"data": {"image/png": "A" * png_chars, "text/plain": "<Figure>"}, "metadata": {}}}
+
+
+def test_a_figure_of_a_solution_is_kept_and_a_flood_is_cut():
+    """Is a 270 kB figure (the size of the course's largest scatter plots) kept whole, while one cell's output past
+    1 MB and a notebook's past 5 MB are cut with a note?
+
+    Seen failing at the old 200 kB cap: four solution figures (langevin, q_sampler, ddim, sde) were cut from the
+    executed notebook a student gets back.
+    """
+    import nbformat
+
+    from grader.sandbox.cells import _CappedClient
+
+    client = _CappedClient(nbformat.v4.new_notebook())
+    client.reset_execution_trackers()
+    client.clear_before_next_output = False  # what nbclient sets as a cell starts
+    cells = [nbformat.v4.new_code_cell("plot()") for _ in range(8)]
+    client.process_message(_display(270_000), cells[0], 0)
+    assert [o["output_type"] for o in cells[0].outputs] == ["display_data"]
+    for _ in range(4):
+        client.process_message(_display(300_000), cells[1], 1)
+    assert "output cut by the grader after 1,000,000 bytes" in cells[1].outputs[-1]["text"]
+    for index in range(2, 8):
+        client.process_message(_display(900_000), cells[index], index)
+    assert "in the whole notebook" in cells[7].outputs[-1]["text"]
