@@ -472,6 +472,17 @@ class SandboxKernel:
         return CellRun(index, "error", wire.clean_text(f"{error.get('ename')}: {error.get('evalue')}", CELL_ERROR_CHARS),
                        wire.clean_text(trace, CELL_TRACEBACK_CHARS, keep="tail"), seconds)
 
+    def warm_meta(self) -> None:
+        """Ask the kernel to load PyTorch's meta machinery in a thread of its own while the notebook runs
+        (:func:`grader.sandbox.meta.warm_in_background`); best effort, no verdict depends on it."""
+        from grader.sandbox.cells import DeadKernelError
+
+        try:
+            run_sync(self._aexecute_source)(
+                "__import__('grader.sandbox.meta', fromlist=['warm_in_background']).warm_in_background()", 5.0)
+        except DeadKernelError:
+            pass  # the notebook's first cell finds it dead, and says so
+
     def _responsive(self, timeout: float = 5.0) -> bool:
         from grader.sandbox.cells import DeadKernelError
 

@@ -12,7 +12,7 @@ call, and a ``grade batch`` slot's zygote runs :func:`warm` once for every kerne
 
 from __future__ import annotations
 
-__all__ = ["lazy_dynamo_guards", "warm"]
+__all__ = ["lazy_dynamo_guards", "warm", "warm_in_background"]
 
 
 def lazy_dynamo_guards(ns):  # no annotations: shipped as source to a process without typing
@@ -58,13 +58,36 @@ def lazy_dynamo_guards(ns):  # no annotations: shipped as source to a process wi
     return seeded
 
 
+_WARMED: list[bool] = []
+
+
 def warm() -> None:
     """This process's first meta-device operations, done now: the guards, then a few everyday operations
     (creation, arithmetic with broadcasting, a reduction, concatenation), which import what any later
-    meta call needs."""
+    meta call needs. Once per process (a kernel forked from a warm zygote has it done)."""
+    if _WARMED:
+        return
+    _WARMED.append(True)
     import torch
 
     lazy_dynamo_guards(None)
     meta = torch.device("meta")
     x = torch.randn(3, 2, device=meta)
     (torch.cat([x, torch.zeros_like(x)]) * torch.arange(2, device=meta)).sum(0).sqrt()
+
+
+def warm_in_background() -> None:
+    """:func:`warm` in a daemon thread. The grader asks a kernel for it just before the notebook's first cell
+    (:meth:`grader.sandbox.kernel.SandboxKernel.warm_meta`), so that the meta machinery loads while the
+    notebook runs (mostly in torch, which releases the GIL) rather than at the grader's first device check,
+    when the grader waits for it. Nothing depends on it: the grader's own probe (:func:`lazy_dynamo_guards`)
+    and first meta call come later as before, only cheaper; a failure here leaves them to do the work."""
+    import threading
+
+    def run() -> None:
+        try:
+            warm()
+        except Exception:  # noqa: BLE001 -- see the docstring
+            pass
+
+    threading.Thread(target=run, name="grader-meta-warm", daemon=True).start()

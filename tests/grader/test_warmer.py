@@ -12,6 +12,7 @@ import functools
 import threading
 import time
 
+import pytest
 import torch
 from hypothesis import strategies as st
 
@@ -94,3 +95,48 @@ def test_stop_lets_the_task_in_hand_finish_and_skips_the_rest():
     both.thread.join(10)
     time.sleep(0)
     assert ran == ["slow", "later"]
+
+
+def test_the_stub_hint_tells_every_stub_from_its_solution():
+    """Is every exercise's student notebook read as unimplemented and its solution not, and does one function
+    implemented, or a cell that does not parse, make it "implemented" (the kernel's warm-up then runs)?"""
+    import nbformat
+
+    from grader.exercises import exercise_names
+    from grader.submit import looks_unimplemented
+    from tests.helpers import ROOT
+
+    for name in exercise_names():
+        functions = load_exercise(name).functions
+        stub = nbformat.read(ROOT / "exercises" / name / f"{name}.ipynb", as_version=4)
+        assert looks_unimplemented(stub, functions), name
+        assert not looks_unimplemented(nbformat.read(ROOT / "solutions" / name / f"{name}.ipynb", as_version=4),
+                                       functions), name
+    stub = nbformat.read(ROOT / "exercises" / "q_sampler" / "q_sampler.ipynb", as_version=4)
+    stub.cells.append(nbformat.v4.new_code_cell("def q_sample(x0, t, alphas_cumprod, noise=None):\n    return x0\n"))
+    assert not looks_unimplemented(stub, load_exercise("q_sampler").functions)
+    stub.cells[-1].source = "%matplotlib inline\n"
+    assert not looks_unimplemented(stub, load_exercise("q_sampler").functions)
+
+
+@pytest.mark.slow
+def test_a_kernel_asked_to_warm_loads_the_meta_machinery_without_dynamo(tmp_path):  # one cold kernel: ~3 s
+    """After SandboxKernel.warm_meta, does the kernel load the meta machinery (sympy with it) in the background, while
+    its cells run, and not torch._dynamo (the lazy guards are applied first)?
+
+    Seen failing with warm_meta's request removed (nothing loaded until the grader's first meta call).
+    """
+    import nbformat
+
+    from grader.sandbox.kernel import Limits, SandboxKernel
+
+    with SandboxKernel(tmp_path, Limits(), []) as kernel:
+        kernel.warm_meta()
+        cell = nbformat.v4.new_code_cell(
+            "import sys, threading\n"
+            "[t.join(60) for t in threading.enumerate() if t.name == 'grader-meta-warm']\n"
+            "print('sympy' in sys.modules, 'torch._dynamo' in sys.modules)\n")
+        nb = nbformat.v4.new_notebook(cells=[cell])
+        assert [r.status for r in kernel.run_notebook(nb, time.monotonic() + 120)] == ["ok"]
+        printed = "".join(o.get("text", "") for o in nb.cells[0].outputs if o.get("name") == "stdout")
+    assert printed.split() == ["True", "False"], printed
