@@ -62,6 +62,9 @@ NotebookClient(notebook, timeout=600, kernel_name="python3", allow_errors=True,
                resources={"metadata": {"path": sys.argv[2]}}).execute()
 """
 
+#: A load average above this means other work ran beside the benchmark: its own grader and kernel (or two batch
+#: slots) keep the load near 2 on their own.
+LOADED = 2.5
 POLL = 0.1  # seconds between memory samples: a short burst can be missed, as by the grader's own watchdog
 
 
@@ -220,13 +223,13 @@ def table(names, runs, fast, batch, args, load, rounds=None) -> str:
         f"`python benchmarks/bench_speed.py --repeat {args.repeat}"
         + (f" --exercises {' '.join(args.exercises)}" if args.exercises else "")
         + (f" --batch-exercise {args.batch_exercise} --batch-copies {args.batch_copies} --jobs {args.jobs}"
-           if batch else " --no-batch") + "`",
+           + (" --batch-cold" if "cold" in batch else "") if batch else " --no-batch") + "`",
         "",
         (f"**Partial: {rounds} of {args.repeat} rounds so far.** " if rounds and rounds < args.repeat else "")
         + f"Machine: {os.cpu_count()} CPU cores, Python {sys.version.split()[0]}; load average {load[0]:.1f} at the "
         f"start and {load[1]:.1f} at the end"
         + (": **a loaded, shared machine** (other work ran beside it), so absolute times are inflated and noisy"
-           if max(load) > 1.5 else ", nothing else running")
+           if max(load) > LOADED else " (the benchmark's own two busy processes: nothing else ran)")
         + "; the ratios are paired (the two sides of each pair ran one "
         "after the other, in alternating order; a ratio is the median of the rounds' ratios) and are the figures "
         "to read. Medians of "
