@@ -525,7 +525,8 @@ def _start_zygote(options: SubmitOptions):
     """This slot's fork server (:mod:`grader.sandbox.zygote`), which every later kernel is forked from; None off Linux.
 
     Each kernel it forks is what a cold one is (torch and ipykernel imported, then its own
-    namespace, limits, guard and walls) without the ~2 s of CPU of those imports; whatever it
+    namespace, limits, guard and walls) without the ~2 s of CPU of those imports, and with the
+    meta machinery and matplotlib.pyplot loaded (:func:`grader.sandbox.launch.preimport`); whatever it
     cannot fork (not ready, dead, refusing) is launched cold, and a dead one is started again.
     """
     if not sys.platform.startswith("linux") or os.environ.get("GRADER_ZYGOTE") == "0":  # 0: every kernel cold

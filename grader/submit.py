@@ -228,7 +228,7 @@ class Warmer:
     This process mostly waits on the kernel's sockets then (the GIL is free), and what it did after the
     notebook instead sat on the critical path: the report's imports (jinja2 and its template,
     latex2mathml, matplotlib's Agg canvas and font: 0.5-0.7 s), the first meta-device operations (0.5 s,
-    :func:`grader.checks.property.warm_meta`) and the hypothesis draws of every check (0.3-0.5 s,
+    :func:`grader.sandbox.meta.warm`) and the hypothesis draws of every check (0.3-0.5 s,
     :meth:`grader.checks.base.Check.prepare`, kept by :func:`grader.checks.property.draw_cases`).
     :meth:`stop` (the checks are starting) lets the task in hand finish and skips the rest: the checks
     then do it themselves, as they would without a warmer, with the same verdicts. A task that fails is
@@ -264,10 +264,7 @@ def _warm_tasks(checks: tuple[Check, ...], ctx) -> list:
 
         warm()
 
-    def warm_meta() -> None:
-        from grader.checks.property import warm_meta as warm
-
-        warm()
+    from grader.sandbox.meta import warm as warm_meta  # torch only (already loaded here)
 
     return [warm_report, warm_meta, *(functools.partial(check.prepare, ctx) for check in checks)]
 

@@ -369,14 +369,6 @@ _DEVICE_MIXING = re.compile(r"is not on the expected device|Expected all tensors
 META = torch.device("meta")
 
 
-def warm_meta() -> None:
-    """Pay this process's first operations on PyTorch's meta device now (``grade submit``'s warmer calls it in
-    the background while the notebook runs): :func:`grader.sandbox.meta.warm`."""
-    from grader.sandbox.meta import warm
-
-    warm()
-
-
 #: The runners (one per student process) whose process has had :func:`lazy_dynamo_guards`.
 _GUARDED: "weakref.WeakSet" = weakref.WeakSet()
 

@@ -229,9 +229,14 @@ def test_precheck_names_the_exercise_like_load_submission(tmp_path):
         _precheck(unstamped, "nope")
 
 
+def _block_buffered() -> dict:
+    """The environment without PYTHONUNBUFFERED: a pipe is block-buffered, as for a user."""
+    return {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
+
+
 def _console(args, cwd=None):
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # a pipe is block-buffered, as for a user
-    return subprocess.run([sys.executable, "-m", "grader", *args], capture_output=True, text=True, cwd=cwd, env=env)
+    return subprocess.run([sys.executable, "-m", "grader", *args], capture_output=True, text=True, cwd=cwd,
+                          env=_block_buffered())
 
 
 def test_console_script_leaves_promptly_with_its_output_whole():  # no torch: ~0.3 s
@@ -266,9 +271,8 @@ def test_a_reader_that_leaves_early_gets_no_traceback_and_no_error_line():  # no
 
     Seen failing before: the BrokenPipeError of print() reached main's catch-all.
     """
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     grade = subprocess.Popen([sys.executable, "-m", "grader", "list"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             env=env, bufsize=0)
+                             env=_block_buffered(), bufsize=0)
     grade.stdout.close()  # the reader leaves before the first byte
     err = grade.stderr.read().decode()
     assert grade.wait() == 141 and err == "", err
