@@ -12,11 +12,20 @@ import time
 from queue import Empty
 
 import nbformat
+import zmq
 from jupyter_core.utils import ensure_async
 from nbclient import NotebookClient
 from nbclient.exceptions import DeadKernelError
 
 __all__ = ["DeadKernelError", "_CappedClient", "_short_error", "wait_for_ready"]
+
+
+#: How long a send on the shell, control or stdin channel may wait (s), after which it raises ``zmq.Again``
+#: (the kernel is then treated as dead: :func:`grader.sandbox.kernel._lost`). jupyter_client sends with a
+#: blocking send, which waits forever once no connection to the kernel is left to queue the message on: a
+#: cell that writes junk into its ZeroMQ sockets has the grader drop them. A message to a connected kernel
+#: is queued at once (the high-water mark is 1000 messages; the grader has one or two in flight).
+SEND_TIMEOUT = 5.0
 
 
 class _CappedClient(NotebookClient):
@@ -64,7 +73,11 @@ class _CappedClient(NotebookClient):
         assert self.km is not None
         self.kc = self.km.client()
         try:
-            await ensure_async(self.kc.start_channels())
+            # No heartbeat: the manager's process tells whether the kernel lives (kc.is_alive asks it), and a
+            # heartbeat thread whose ping found no connection never stops (stop_channels waited forever).
+            await ensure_async(self.kc.start_channels(hb=False))
+            for channel in (self.kc.shell_channel, self.kc.control_channel, self.kc.stdin_channel):
+                channel.socket.setsockopt(zmq.SNDTIMEO, int(SEND_TIMEOUT * 1000))
             await wait_for_ready(self.kc, self.startup_timeout)
         except Exception:
             await self._async_cleanup_kernel()

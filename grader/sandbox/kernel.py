@@ -76,6 +76,14 @@ def _context() -> zmq.asyncio.Context:
     return _CONTEXT
 
 
+def _lost(exc: zmq.Again):
+    """What a send that timed out (:data:`grader.sandbox.cells.SEND_TIMEOUT`) means: the kernel is beyond reach,
+    a :class:`DeadKernelError` as for a dead one (it is killed and started afresh)."""
+    from grader.sandbox.cells import DeadKernelError
+
+    return DeadKernelError(f"the kernel's connection to the grader was lost ({exc})")
+
+
 class _Manager(AsyncKernelManager):
     """jupyter_client's kernel manager whose clients use the capped context (:func:`_context`).
 
@@ -450,7 +458,10 @@ class SandboxKernel:
         self.client.timed_out = False
         started = time.monotonic()
         try:
-            run_sync(self.client.async_execute_cell)(cell, index, execution_count=count)
+            try:
+                run_sync(self.client.async_execute_cell)(cell, index, execution_count=count)
+            except zmq.Again as exc:
+                raise _lost(exc) from exc
         except DeadKernelError:
             run = CellRun(index, "died", f"the kernel {self.exit_description()} while running this cell")
             self.restart()
@@ -459,11 +470,12 @@ class SandboxKernel:
         seconds = time.monotonic() - started
         error = next((o for o in cell.get("outputs", []) if o.get("output_type") == "error"), None)
         if self.client.timed_out:  # first: an interrupted cell may still end with no error output at all
-            run = CellRun(index, "timeout", f"the cell ran longer than {self.client.timeout} s and was interrupted",
-                          seconds=seconds)
+            message = f"the cell ran longer than {self.client.timeout} s and was interrupted"
             if not self._responsive():
+                message += "; the kernel then no longer answered and was started afresh (the cells that had run "\
+                           "cleanly were run again)"
                 self.restart()
-            return run
+            return CellRun(index, "timeout", message, seconds=seconds)
         if error is None:
             self._state.replay.append(cell.source)
             return CellRun(index, "ok", seconds=seconds)
@@ -506,8 +518,11 @@ class SandboxKernel:
         assert self.client is not None and self.client.kc is not None
         kc = self.client.kc
         on_iopub = sink.take if sink is not None else None
-        msg_id = kc.execute(source, silent=True, store_history=False, stop_on_error=False,
-                            user_expressions=sink.expressions if sink is not None else None)
+        try:
+            msg_id = kc.execute(source, silent=True, store_history=False, stop_on_error=False,
+                                user_expressions=sink.expressions if sink is not None else None)
+        except zmq.Again as exc:
+            raise _lost(exc) from exc
         deadline = time.monotonic() + timeout
         shell, iopub = kc.shell_channel.socket, kc.iopub_channel.socket
         poller = zmq.asyncio.Poller()

@@ -427,6 +427,34 @@ def test_a_thread_flooding_iopub_forever_holds_nothing_up(tmp_path, honest):
     assert (folder / "feedback" / "q_sampler.executed.ipynb").stat().st_size < 5 * LIMITS.output_bytes
 
 
+#: A cell that writes junk into every socket the kernel holds: its ZeroMQ connections to the grader among them.
+_JUNK = ("import os\n"
+         "for fd in map(int, os.listdir('/proc/self/fd')):\n"
+         "    try:\n"
+         "        if fd > 2 and os.readlink(f'/proc/self/fd/{fd}').startswith('socket:'):\n"
+         "            os.set_blocking(fd, False)\n"
+         "            os.write(fd, b'not a ZeroMQ frame\\n' * 64)\n"
+         "    except OSError:\n"
+         "        pass\n")
+
+
+def test_junk_written_into_the_kernels_sockets_holds_nothing_up(tmp_path, honest):
+    """A cell writes junk into its kernel's ZeroMQ sockets, which drops the grader's connections: does grading
+    still end within its budget, the cell reported as the kernel's loss, with no point gained? (jupyter_client
+    sends with a blocking send: the grader's next request waited forever for a peer that was gone. Seen hanging,
+    in 5 of 6 runs of this attack, before the grader's sockets had a send timeout.)"""
+    folder = _notebook(tmp_path, _definitions() + [_JUNK])
+    started = time.monotonic()
+    done = _submit(folder, "--timeout", "60", timeout=200)
+    seconds = time.monotonic() - started
+    assert done.returncode in (0, 1), done.stderr[-3000:]
+    results = json.loads(done.stdout.decode("utf-8"))
+    assert seconds < 60 + 60  # the budget and the grace of test_a_thread_flooding_iopub_forever_holds_nothing_up
+    assert results["score"] <= honest.score
+    assert "no longer answered and was started afresh" in results["tests"][0]["output"], results["tests"][0]["output"]
+    _assert_clean(folder, results["score"])
+
+
 def test_a_patched_worker_cap_makes_no_huge_feedback(tmp_path, honest):
     """Does lifting the worker's message cap in the kernel (and raising 16 MB messages) leave
     results.json and the report small? (It made a 16 MB results.json and a 32 MB report.)"""

@@ -336,7 +336,7 @@ def test_the_kernel_holds_no_descriptor_of_the_control_socket(zygote):
         held = set(json.loads(_run(k, _FORGE)[0]).values())
         assert not held & control, held & control
         nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(_SEND)])
-        k.run_notebook(nb, time.monotonic() + 30)  # may break the kernel's own sockets: its outcome is not checked
+        k.run_notebook(nb, time.monotonic() + 10)  # breaks the kernel's connections: its outcome is not checked
     assert not select.select([zygote.socket], [], [], 1.0)[0], "the zygote answered a request the slot never sent"
     assert zygote.alive() and procs.children(os.getpid()) - before <= {zygote.pid}
 
@@ -532,7 +532,7 @@ def test_a_zygote_killed_mid_batch_leaves_every_submission_graded_alike(tmp_path
     stdout, stderr = process.communicate(timeout=600)
     assert killed, "no zygote was seen"
     assert process.returncode == 0, stderr  # every notebook graded
-    book = {r["student"]: r for r in __import__("csv").DictReader((out / "gradebook.csv").open(encoding="utf-8"))}
+    book = {r["student"]: r for r in __import__("csv").DictReader((out / "gradebook.csv").read_text(encoding="utf-8").splitlines())}
     assert {s: r["status"] for s, r in book.items()} == dict.fromkeys(["a_slow", "b_stub", "c_stub", "d_stub"], "graded")
     verdicts = {s: [(t["name"], t["score"], t.get("output", "")) for t in
                     json.loads((out / s / "results.json").read_text())["tests"]] for s in ("b_stub", "c_stub", "d_stub")}
