@@ -44,15 +44,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grader._version import __version__
+from grader.cli import OVERRUN  # what a `grade submit` may overrun its budget by before the batch kills it
 from grader.errors import UsageError
 from grader.progress import Progress
 from grader.submit import SubmitOptions
 
 __all__ = ["Item", "Row", "grade_batch", "grade_remote", "write_course_sheet", "write_gradebook"]
-
-#: Seconds a ``grade submit`` may overrun its own budget before the batch kills it: one kernel start
-#: and one interrupt grace are already inside ``--timeout``; 120 s more covers a grader stalled by swap.
-OVERRUN = 120.0
 
 #: Longest error text kept in the gradebook: one line, enough for the reason, not for a flood.
 ERROR_CHARS = 300

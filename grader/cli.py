@@ -3,7 +3,8 @@
 Exit status: 0 when every test passed (or the command succeeded), 1 when grading
 completed below full marks (or below ``--min-score`` with ``--ci``), 2 when the
 input could not be graded or the command could not run, with one line on
-standard error saying why; 130 when interrupted (Ctrl-C, SIGTERM); 141 (a shell's
+standard error saying why (and when ``grade submit`` stalled: no result :data:`OVERRUN` s
+past its ``--timeout``); 130 when interrupted (Ctrl-C, SIGTERM); 141 (a shell's
 "killed by SIGPIPE") when the reader of its output left early (``grade list | head``).
 Never a traceback of the grader's own.
 
@@ -29,6 +30,10 @@ from grader.errors import GraderError, UsageError
 __all__ = ["main"]
 
 EXIT_PASSED, EXIT_FAILED, EXIT_UNGRADABLE = 0, 1, 2
+#: Seconds a ``grade submit`` may overrun its own budget (``--timeout``) before it stops itself as stalled
+#: (:func:`_stall_guard`; ``grade batch`` and the Gradescope runner kill it then too): one kernel start and one
+#: interrupt grace are already inside the budget; 120 s more covers a grader slowed down by swap.
+OVERRUN = 120.0
 
 #: grader.submit.DEFAULT_SEED, restated so that ``--help`` imports nothing heavy (test_cli checks they agree).
 DEFAULT_SEED = 2024
@@ -211,9 +216,37 @@ def _precheck(path: Path, exercise: str | None) -> Path:
     return notebook_path
 
 
+def _stall_guard(seconds: float):
+    """A timer that ends this process after ``seconds`` with one line and :data:`EXIT_UNGRADABLE`: the last wall
+    against a grader that waits forever (a kernel can break the grader's connections, for one; see
+    ``cells.SEND_TIMEOUT``). The kernels die with it (their shims asked for SIGKILL when the grader dies)."""
+    import threading
+
+    def stalled() -> None:
+        try:
+            sys.stderr.write(f"grade: internal error: no result after {seconds:.0f} s, past the submission's budget: "
+                             "the grader stalled and stopped (please report this)\n")
+            sys.stderr.flush()
+        finally:
+            os._exit(EXIT_UNGRADABLE)
+
+    timer = threading.Timer(seconds, stalled)
+    timer.daemon = True
+    timer.start()
+    return timer
+
+
 def _submit(args: argparse.Namespace) -> int:
     if args.min_score is not None and not args.ci:
         raise UsageError("--min-score only applies with --ci")
+    stall = _stall_guard(args.timeout + OVERRUN)
+    try:
+        return _submit_guarded(args)
+    finally:
+        stall.cancel()
+
+
+def _submit_guarded(args: argparse.Namespace) -> int:
     try:
         notebook_path = _precheck(args.path, args.exercise)
         from grader.submit import grade_submission

@@ -276,3 +276,49 @@ def test_a_reader_that_leaves_early_gets_no_traceback_and_no_error_line():  # no
     grade.stdout.close()  # the reader leaves before the first byte
     err = grade.stderr.read().decode()
     assert grade.wait() == 141 and err == "", err
+
+
+_STALLED = """\
+import sys, time
+import grader.cli, grader.submit
+grader.cli.OVERRUN = 0.0  # the guard fires at --timeout itself
+
+
+def stalled(path, options):  # a real kernel running the notebook, then a grader that waits forever
+    grading = grader.submit.Grading(path, options)
+    grading.run_notebook()
+    print(grading.kernel._pid(), flush=True)
+    time.sleep(1000)
+
+
+grader.submit.grade_submission = stalled
+grader.cli.run()
+"""
+
+
+@pytest.mark.slow
+def test_a_stalled_grader_stops_itself_after_its_budget_and_takes_the_kernel_with_it(tmp_path):
+    """The grader itself waits forever past its --timeout (here: made to): does `grade submit` end soon after the
+    budget with exit 2 and one line, not a traceback, and is the kernel's tree gone? Seen hanging until the
+    test's own 120 s timeout without the guard."""
+    folder = tmp_path / "q_sampler"
+    folder.mkdir()
+    root = Path(__file__).resolve().parents[2]
+    nb = nbformat.read(root / "exercises" / "q_sampler" / "q_sampler.ipynb", as_version=4)
+    nbformat.write(nb, folder / "q_sampler.ipynb")
+    done = subprocess.run([sys.executable, "-c", _STALLED, "submit", str(folder), "--timeout", "25"],
+                          capture_output=True, text=True, timeout=120, cwd=root,
+                          env={**os.environ, "PYTHONPATH": str(root)})
+    assert done.returncode == 2, (done.returncode, done.stderr[-2000:])
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("grade: internal error: no result after 25 s"), lines
+    kernel = int(done.stdout.split()[0])
+    for _ in range(50):  # the shim dies with the grader (PR_SET_PDEATHSIG); a zombie is no process left running
+        try:
+            if "State:\tZ" in Path(f"/proc/{kernel}/status").read_text():
+                break
+        except FileNotFoundError:
+            break
+        __import__("time").sleep(0.1)
+    else:
+        raise AssertionError(f"the kernel {kernel} outlived the grader")
