@@ -306,7 +306,7 @@ class ZygoteProcess:
 #: zygote started with other values would not be the kernel a cold start makes. A request whose
 #: values differ is launched cold.
 _STARTUP_PREFIXES = ("PYTHON", "OMP_", "MKL_", "KMP_", "LD_", "MALLOC_", "GRADER_MEMORY", "TORCH", "CUDA", "PYTORCH",
-                     "MPLBACKEND")
+                     "MPLBACKEND", "OPENBLAS")
 
 
 def environment(limits) -> dict:
