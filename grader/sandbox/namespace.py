@@ -69,8 +69,12 @@ def enter() -> str:
     _write("/proc/self/uid_map", f"{uid} {uid} 1\n")
     _write("/proc/self/gid_map", f"{gid} {gid} 1\n")
     alive_r, alive_w = os.pipe()  # closed only when the shim exits: lets the child see a shim that died early
+    # Blocked across the fork, until the shim's handlers are in place: a SIGINT the moment the kernel runs
+    # (jupyter_client's interrupt) would otherwise find the shim with the default action, and kill it.
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, _FORWARDED)
     pid = os.fork()
     if pid == 0:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         os.close(alive_w)
         die_with_parent(libc)
         if select.select([alive_r], [], [], 0)[0]:  # EOF: the shim died before PDEATHSIG was set
@@ -78,11 +82,12 @@ def enter() -> str:
         os.close(alive_r)
         return ""
     os.close(alive_r)
-    _shim(pid)
+    _shim(pid, mask)
 
 
-def _shim(child: int) -> None:
-    """Forward signals to ``child`` and exit as it does. Never returns."""
+def _shim(child: int, mask: set) -> None:
+    """Forward signals to ``child`` and exit as it does (``mask``: the signal mask to restore once the
+    handlers are set; a signal that came meanwhile is forwarded then). Never returns."""
 
     def forward(signum, frame):
         try:
@@ -94,6 +99,7 @@ def _shim(child: int) -> None:
 
     for signum in _FORWARDED:
         signal.signal(signum, forward)
+    signal.pthread_sigmask(signal.SIG_SETMASK, mask)
     while True:
         try:
             _, status = os.waitpid(child, 0)
