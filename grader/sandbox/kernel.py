@@ -362,13 +362,17 @@ class SandboxKernel:
         pid = self._pid()
         if pid is not None:
             _LIVE.discard(pid)
-            self.walls.kill()  # the namespace's PID 1: Linux kills everything in it; the shim then exits
             process = self.km.provisioner.process
-            try:  # the shim exits once every process of the namespace is gone
-                process.wait(timeout=isolation.TEARDOWN_GRACE if self.walls.init else 5)
-            except Exception:  # noqa: BLE001
-                pass
-            procs.kill_tree(pid, session=pid)  # without a namespace; with one, nothing is left to find
+            if self.walls.init is not None:
+                self.walls.kill()  # the namespace's PID 1: Linux kills everything in it; the shim then exits
+                try:  # the shim exits once every process of the namespace is gone
+                    process.wait(timeout=isolation.TEARDOWN_GRACE)
+                except Exception:  # noqa: BLE001
+                    pass
+            # Without a known namespace (none could be made, or the kernel was launched and never connected: a
+            # batch slot's next submission that turned out not gradable) nothing was killed yet, and waiting for
+            # the kernel to end by itself only waited (5 s, on every such close): its tree is killed now.
+            procs.kill_tree(pid, session=pid)  # with a namespace, nothing is left to find
             try:
                 process.wait(timeout=5)
             except Exception:  # noqa: BLE001

@@ -325,3 +325,28 @@ def test_probe_matches_this_machine():
     assert report["landlock_abi"] == landlock.abi()
     assert report["filesystem"] == (landlock.abi() >= 1)
     assert report["signals"] == (landlock.abi() >= 6)
+
+
+@linux
+def test_a_kernel_launched_and_never_connected_is_killed_at_once_not_waited_for(tmp_path, monkeypatch):
+    """A batch slot launches the next submission's kernel before it knows the notebook gradable; closing that
+    kernel waited 5 s for a process nobody had killed (each not-gradable row of a batch cost 5 s, and so did each
+    close where no namespace could be made). Seen failing before the fix."""
+    from grader.sandbox import kernel as sandbox_kernel
+
+    kernel = sandbox_kernel.SandboxKernel(tmp_path, sandbox_kernel.Limits(), [])
+    kernel.launch()
+    process = kernel.km.provisioner.process
+    events = []
+    wait = process.wait
+
+    def recording_wait(timeout=None):
+        events.append("wait on a live kernel" if process.poll() is None else "wait")
+        return wait(timeout)
+
+    kill_tree = sandbox_kernel.procs.kill_tree
+    process.wait = recording_wait
+    monkeypatch.setattr(sandbox_kernel.procs, "kill_tree", lambda *a, **k: (events.append("kill"), kill_tree(*a, **k)))
+    kernel.close()
+    assert process.poll() is not None
+    assert "wait on a live kernel" not in events, events
