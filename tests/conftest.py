@@ -23,7 +23,7 @@ from typing import Callable
 
 # The OpenBLAS kernels grading uses (grader/blas.py, which `grade` sets first thing): the in-process
 # checks and the kernels the tests start see the same round-off as `grade submit`, on every machine.
-from grader import blas  # noqa: E402  (imports nothing heavy; before numpy, which reads the setting)
+from grader import blas  # imports nothing heavy: it runs before numpy, which reads the setting
 
 blas.pin()
 
