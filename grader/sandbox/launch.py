@@ -88,6 +88,10 @@ def preimport(threads: int | None, warm: bool = False) -> None:
     from grader.sandbox import guard, landlock, meta, models, worker  # noqa: F401 -- loaded before the guard on purpose
 
     models.preload()
+    # No debugger: ipykernel imports debugpy (and pydevd, which walks every loaded module) for each kernel it
+    # starts, 0.3-0.4 s with torch loaded, for a frontend that never debugs; without it ipykernel says so in
+    # kernel_info and runs as before. A notebook's own ``import debugpy`` then fails, as it should here.
+    sys.modules.setdefault("debugpy", None)
     from ipykernel.kernelapp import IPKernelApp  # noqa: F401 -- loaded before the guard (it reads nothing forbidden)
 
     if warm:
