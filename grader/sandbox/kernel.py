@@ -507,8 +507,12 @@ class SandboxKernel:
         except DeadKernelError:
             return False
 
-    async def _aexecute_source(self, source: str, timeout: float, sink: "_Outcomes | None" = None) -> dict | None:
+    async def _aexecute_source(self, source: str, timeout: float, sink: "_Outcomes | None" = None,
+                               buffers: list[bytes] | None = None) -> dict | None:
         """Run code silently; the shell reply, or None when none came within ``timeout``.
+
+        ``buffers`` travel as the execute_request's binary frames (the kernel reads them from its
+        parent message): data sent there is not parsed, hashed and compiled as the code is.
 
         IOPub is read all along (a flood cannot pile up) and each of its messages that answers
         this request goes to ``sink.take``, and the reply to ``sink.take_reply``. After the reply
@@ -522,9 +526,12 @@ class SandboxKernel:
         assert self.client is not None and self.client.kc is not None
         kc = self.client.kc
         on_iopub = sink.take if sink is not None else None
+        content = {"code": source, "silent": True, "store_history": False, "allow_stdin": False,
+                   "stop_on_error": False, "user_expressions": sink.expressions if sink is not None else {}}
+        msg = kc.session.msg("execute_request", content)
+        msg_id = msg["header"]["msg_id"]
         try:
-            msg_id = kc.execute(source, silent=True, store_history=False, stop_on_error=False,
-                                user_expressions=sink.expressions if sink is not None else None)
+            kc.session.send(kc.shell_channel.socket, msg, buffers=buffers)
         except zmq.Again as exc:
             raise _lost(exc) from exc
         deadline = time.monotonic() + timeout
@@ -581,7 +588,7 @@ class SandboxKernel:
     def call(self, request: dict, deadline: float) -> list[dict]:
         """Serve one batch of calls (see :mod:`grader.sandbox.worker`); one outcome per call.
 
-        The request goes inside the execute_request; the outcomes come back as IOPub messages
+        The request goes as the execute_request's one binary frame; the outcomes come back as IOPub messages
         (:func:`grader.sandbox.worker.serve`), each checked, cleaned and capped here
         (:meth:`_Outcomes.take`). Nothing of the channel is in a place the kernel can write.
 
@@ -598,13 +605,13 @@ class SandboxKernel:
         if self._state.broken:
             return [{"status": "crashed", "message": self._state.broken} for _ in range(n)]
         outcomes = _Outcomes(secrets.token_hex(16), n)
-        payload = base64.b64encode(wire.dumps(request)).decode("ascii")
-        code = (f"__import__('grader.sandbox.worker', fromlist=['serve']).serve("
-                f"{payload!r}, {outcomes.token!r}, globals())")
+        # The code stays a line: IPython tokenises, transforms and hashes (in Python) all of a cell's text,
+        # which for a request's bytes inside it cost more than the calls it carried.
+        code = f"__import__('grader.sandbox.worker', fromlist=['serve']).serve({outcomes.token!r}, globals())"
         budget = min(self.limits.batch_timeout, max(1.0, deadline - time.monotonic()))
         failure: dict | None = None
         try:
-            reply = run_sync(self._aexecute_source)(code, budget, outcomes)
+            reply = run_sync(self._aexecute_source)(code, budget, outcomes, [wire.dumps(request)])
             if reply is None:
                 failure = {"status": "timeout", "message": f"timed out after {budget:.0f} s"}
                 self._interrupt_or_restart()

@@ -322,16 +322,24 @@ def _publisher() -> Callable[[dict, dict], None]:
     return publish
 
 
-def serve(request_b64: str, token: str, namespace: dict) -> None:
+def _request_frame() -> bytes:
+    """The binary frame of the execute_request being run: the batch's request (its torch.save bytes)."""
+    from IPython import get_ipython
+
+    parent = get_ipython().kernel.get_parent("shell")
+    return bytes(parent["buffers"][0])
+
+
+def serve(token: str, namespace: dict) -> None:
     """The kernel-side entry point: decode the request, publish one outcome per call on IOPub.
 
-    The request travels inside the execute_request (base64 of its torch.save bytes) and each
+    The request travels as the execute_request's binary frame and each
     outcome leaves as a display_data message of mimetype :data:`OUTCOME_MIME`, tagged with the
     batch's ``token`` and the call's index, as soon as it is known: nothing of the channel is a
     file that the submission could create, replace or link. The grader checks and caps every
     outcome again on its side (:func:`grader.sandbox.wire.outcome_from_kernel`).
     """
-    request = wire.loads(base64.b64decode(request_b64))
+    request = wire.loads(_request_frame())
     publish = _publisher()
     _replies.clear()  # a batch that was interrupted before its reply leaves nothing behind
     again = _replies.setdefault(token, [])
