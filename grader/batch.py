@@ -28,6 +28,7 @@ one ``grade submit`` task per notebook (:func:`grade_remote`).
 from __future__ import annotations
 
 import csv
+import gc
 import hashlib
 import io
 import json
@@ -510,6 +511,12 @@ def serve_slot(out: str) -> int:
                 held.remove(grading)
             send({"done": job["key"], "exit": exit_status, "error": error})
             current = following
+            if not gc.get_freeze_count():
+                # After the first submission, what is alive (the imports, the exercise's references and tables) lives
+                # as long as the slot: frozen once, it is no longer walked by each full collection (~0.1 s each
+                # with torch's heap). Once only: garbage in cycles made of frozen objects is never collected.
+                gc.collect()
+                gc.freeze()
     finally:
         for grading in held:
             grading.close()

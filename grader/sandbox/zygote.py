@@ -44,6 +44,7 @@ Stdlib only on the zygote's side, before :func:`grader.sandbox.launch.preimport`
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import select
@@ -116,6 +117,11 @@ def serve(fd: int, preimport, main) -> None:
     _die_with_parent()  # the slot's death ends it (its end of the socket closing does too)
     slot = os.getppid()
     preimport()
+    # Every object the imports made goes to the collector's permanent generation: a kernel's collections then
+    # walk only its own objects. Without this a forked kernel's first full collection writes to every object
+    # of torch's heap, so the kernel copies most of the zygote's pages (copy-on-write) and pays the walk.
+    gc.collect()
+    gc.freeze()
     _write_all(fd, json.dumps({"ready": os.getpid(), "threads": _threads()}).encode() + b"\n")
     buffer = bytearray()
     while True:
