@@ -297,7 +297,7 @@ def test_a_forked_kernel_is_a_cold_kernels_twin(zygote):
 
 @pytest.mark.slow
 def test_a_forked_kernels_collections_walk_only_its_own_objects(zygote):
-    """The zygote's imports are in the collector's permanent generation (gc.freeze) before each fork: a forked
+    """The zygote's imports are in the collector's permanent generation (gc.freeze, once after them): a forked
     kernel's full collection walks its own few thousand objects, not torch's heap, whose every page it would
     otherwise write to (copy-on-write) at its first full collection (0.25-0.35 s of CPU a kernel, measured).
 
