@@ -54,7 +54,7 @@ GiB = 1024**3
 #: the grader reads back (:data:`grader.sandbox.wire.MAX_OUTCOME_BYTES`) in base64, with room for
 #: the JSON around it; a notebook's outputs are cut far below this anyway (``Limits.output_bytes``).
 MAX_MESSAGE_BYTES = 2 * MAX_OUTCOME_BYTES
-#: The most outcome bytes (torch.save form) one batch may send back: what the grader holds at once.
+#: The most outcome bytes (packed: wire.pack) one batch may send back: what the grader holds at once.
 MAX_BATCH_BYTES = 4 * MAX_OUTCOME_BYTES
 #: Seconds the grader keeps reading IOPub after the kernel's reply, for the outcomes published
 #: before it (they come through another socket, so they may trail the reply). They are sent before
@@ -653,8 +653,8 @@ class _Outcomes:
     """The outcomes of one batch as they arrive on IOPub: checked, cleaned and capped on this side.
 
     A message counts only if it carries the batch's random ``token`` and the index of a call
-    that has no outcome yet; its payload must be base64 of a plain torch.save archive within
-    :data:`grader.sandbox.wire.MAX_OUTCOME_BYTES`, and the batch's within :data:`MAX_BATCH_BYTES`.
+    that has no outcome yet; its payload must be base64 of a well-formed packed outcome
+    (:func:`grader.sandbox.wire.unpack_untrusted`) within :data:`grader.sandbox.wire.MAX_OUTCOME_BYTES`, and the batch's within :data:`MAX_BATCH_BYTES`.
     Whatever the worker in the kernel was patched to send, the grader keeps at most that.
     """
 
@@ -713,11 +713,11 @@ class _Outcomes:
                                        f"(over {MAX_BATCH_BYTES // 1024**2} MiB together)")
         self.used += size
         try:
-            raw = wire.loads_untrusted(base64.b64decode(payload, validate=True))
+            raw = wire.unpack_untrusted(base64.b64decode(payload, validate=True))
         except wire.TransferRefused as exc:
             return wire.transfer_error(f"the result could not be read back: {exc}")
         except (binascii.Error, ValueError):
             return wire.transfer_error("the result could not be read back: it is not base64")
-        except Exception as exc:  # noqa: BLE001 -- a corrupt archive is the submission's doing
+        except Exception as exc:  # noqa: BLE001 -- whatever else a corrupt message raises is the submission's doing
             return wire.transfer_error(f"the result could not be read back ({type(exc).__name__})")
         return wire.outcome_from_kernel(raw)

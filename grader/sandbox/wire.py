@@ -1,8 +1,11 @@
 """What crosses between the grader and the student's process, in both directions.
 
-Both directions use ``torch.save`` / ``torch.load(weights_only=True)``: tensors,
-numbers, strings, ``None`` and lists, tuples and dicts of them. Nothing that can
-run code is ever unpickled on the grader's side.
+Requests (grader to kernel) travel as ``torch.save`` bytes, loaded in the kernel with
+``torch.load(weights_only=True)``. Outcomes (kernel to grader) travel in a format of the
+grader's own (:func:`pack`, :func:`unpack_untrusted`): a JSON tree of numbers, strings,
+``None``, lists, tuples, string-keyed dicts and tensors, the tensors' bytes after it. Nothing
+the student's process sent is ever unpickled, unzipped or parsed by torch on the grader's side:
+the grader reads JSON and copies bytes into tensors whose dtype, shape and size it checked.
 
 Arguments that are not plain data (a model, a generator, a module) travel as
 *specs*: small dicts that the worker turns into the object (:func:`decode`),
@@ -17,9 +20,9 @@ grader then converts and validates every value itself (:func:`grader.checks.as_t
 from __future__ import annotations
 
 import io
+import json
 import math
 import re
-import zipfile
 from typing import Any, Callable
 
 import torch
@@ -34,7 +37,8 @@ __all__ = [
     "encode",
     "generator_spec",
     "loads",
-    "loads_untrusted",
+    "pack",
+    "unpack_untrusted",
     "model_spec",
     "module_spec",
     "outcome_from_kernel",
@@ -180,7 +184,7 @@ def _from_numpy(value: Any) -> Any:
 #: did not answer.
 STATUSES = frozenset({"ok", "error", "missing", "timeout", "memory", "skipped", "crashed"})
 
-#: Bytes one outcome may take in torch.save form (see :mod:`grader.sandbox.constants`).
+#: Bytes one outcome may take in its packed form (see :mod:`grader.sandbox.constants`).
 MAX_OUTCOME_BYTES = constants.MAX_OUTCOME_BYTES
 
 #: Characters kept of each text an outcome carries: a message is one sentence (the worker cuts it at
@@ -236,21 +240,143 @@ def transfer_error(message: str) -> dict:
             "model_calls": [], "refusals": []}
 
 
-def loads_untrusted(data: bytes, limit: int = MAX_OUTCOME_BYTES) -> Any:
-    """``torch.load(weights_only=True)`` of bytes from the kernel, after checking that they are a
-    plain torch.save archive of at most ``limit`` bytes once unpacked (no compressed members: a
-    small deflated archive could unpack to gigabytes in the grader)."""
+# -- Outcomes' format --------------------------------------------------------------------------------
+#
+# MAGIC, the header's length (8 bytes, little-endian), the header (JSON, ASCII), the tensors' bytes.
+# In the header a JSON object is always a tag of one key: {"t": [items]} a tuple, {"d": {key: item}}
+# a dict (keys are strings; what is inside is tagged again, so a student's key can be anything),
+# {"x": [dtype, shape, offset, nbytes, device]} a tensor whose bytes are body[offset:offset + nbytes].
+# Lists, strings, numbers (NaN and infinities as JSON's NaN/Infinity), booleans and null are themselves.
+
+MAGIC = b"GRW1"
+#: Nesting the unpacker follows: an outcome (1), its model log (2), a value's own _MAX_DEPTH, and room.
+_MAX_NESTING = _MAX_DEPTH + 8
+#: Dimensions of one tensor, and the largest extent of one.
+_MAX_DIMS, _MAX_EXTENT = 64, 1 << 48
+#: Every dtype a packed tensor may have (the dense real ones :func:`encode` lets through), by name.
+_DTYPES = {name: getattr(torch, name) for name in (
+    "float64", "float32", "float16", "bfloat16", "int64", "int32", "int16", "int8", "uint8", "bool",
+    "uint16", "uint32", "uint64", "float8_e4m3fn", "float8_e5m2") if isinstance(getattr(torch, name, None), torch.dtype)}
+_DTYPE_NAMES = {dtype: name for name, dtype in _DTYPES.items()}
+_DEVICE = re.compile(r"(cpu|cuda|mps|xpu)(:[0-9]{1,3})?")
+
+
+def pack(obj: Any) -> bytes:
+    """An outcome (or any tree of plain data, as :func:`encode` makes) in the outcomes' format.
+
+    Raises TypeError on anything else (an object, a dict with other keys, a tensor subclass, a tensor
+    that holds no values or is not dense and real): the worker then sends a TransferError instead.
+    """
+    chunks: list[bytes] = []
+    size = [0]
+
+    def tensor(value: torch.Tensor) -> dict:
+        if type(value) not in (torch.Tensor, torch.nn.Parameter):
+            raise TypeError(f"a subclass of torch.Tensor ({type(value).__qualname__})")
+        if value.layout != torch.strided or value.is_meta or value.dtype not in _DTYPE_NAMES:
+            raise TypeError(f"a {value.layout} tensor of {value.dtype} on {value.device}")
+        device = str(value.device)
+        flat = torch.empty(value.shape, dtype=value.dtype).copy_(value.detach())  # row-major strides, whatever it had
+        data = flat.reshape(-1).view(torch.uint8).numpy().tobytes() if flat.numel() else b""
+        chunks.append(data)
+        size[0] += len(data)
+        return {"x": [_DTYPE_NAMES[value.dtype], list(value.shape), size[0] - len(data), len(data), device]}
+
+    def node(value: Any, depth: int) -> Any:
+        if depth > _MAX_NESTING:
+            raise TypeError("a structure nested too deeply")
+        kind = type(value)
+        if value is None or kind in (bool, int, float, str):
+            return value
+        if kind is list:
+            return [node(v, depth + 1) for v in value]
+        if kind is tuple:
+            return {"t": [node(v, depth + 1) for v in value]}
+        if kind is dict:
+            if not all(type(k) is str for k in value):
+                raise TypeError("a dict with keys that are not strings")
+            return {"d": {k: node(v, depth + 1) for k, v in value.items()}}
+        if isinstance(value, torch.Tensor):
+            return tensor(value)
+        raise TypeError(f"an object of type {kind.__module__}.{kind.__qualname__}")
+
+    header = json.dumps(node(obj, 0), ensure_ascii=True, separators=(",", ":")).encode("ascii")
+    return b"".join([MAGIC, len(header).to_bytes(8, "little"), header, *chunks])
+
+
+def unpack_untrusted(data: bytes, limit: int = MAX_OUTCOME_BYTES) -> Any:
+    """What :func:`pack` made, from bytes the kernel sent: refused (:class:`TransferRefused`) unless well formed.
+
+    At most ``limit`` bytes; a header that is JSON of tags as :func:`pack` writes them, nested at most
+    :data:`_MAX_NESTING` deep; each tensor of a known dtype, its shape's size times the dtype's size
+    equal to its byte count, its bytes inside the body, on a device this process has. Bytes are
+    copied, never shared, and a bool tensor's are read as ``!= 0`` (a byte of 2 is not a bool).
+    """
     if len(data) > limit:
         raise TransferRefused(f"it is larger than the grader's {limit // 1024**2} MiB limit")
+    if len(data) < 12 or data[:4] != MAGIC:
+        raise TransferRefused("it is not in the grader's transfer format")
+    length = int.from_bytes(data[4:12], "little")
+    if length > len(data) - 12:
+        raise TransferRefused("it is not in the grader's transfer format (a cut header)")
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as archive:
-            members = archive.infolist()
-    except (zipfile.BadZipFile, ValueError, OSError):
-        raise TransferRefused("it is not in torch.save's format") from None
-    if len(members) > _MAX_ITEMS + 16 or any(m.compress_type != zipfile.ZIP_STORED for m in members) \
-            or sum(m.file_size for m in members) > limit:
-        raise TransferRefused("it is not a plain torch.save archive within the grader's size limit")
-    return torch.load(io.BytesIO(data), weights_only=True)
+        tree = json.loads(data[12:12 + length])
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, an integer too long, or nested past C's stack
+        raise TransferRefused("it is not in the grader's transfer format (its header is not JSON)") from None
+    body = memoryview(data)[12 + length:]
+
+    def refuse(why: str):
+        raise TransferRefused(f"it is not in the grader's transfer format ({why})")
+
+    def tensor(spec: Any) -> torch.Tensor:
+        if type(spec) is not list or len(spec) != 5:
+            refuse("a malformed tensor")
+        name, shape, offset, nbytes, device = spec
+        dtype = _DTYPES.get(name) if type(name) is str else None
+        if dtype is None:
+            refuse("a tensor of an unknown dtype")
+        if type(shape) is not list or len(shape) > _MAX_DIMS or \
+                not all(type(d) is int and 0 <= d <= _MAX_EXTENT for d in shape):
+            refuse("a tensor of a malformed shape")
+        if type(offset) is not int or type(nbytes) is not int or not 0 <= offset <= offset + nbytes <= len(body):
+            refuse("a tensor whose bytes are not in the message")
+        if math.prod(shape) * dtype.itemsize != nbytes:
+            refuse("a tensor whose size does not match its shape")
+        if type(device) is not str or not _DEVICE.fullmatch(device):
+            refuse("a tensor on an unknown device")
+        if nbytes == 0:
+            value = torch.empty(shape, dtype=dtype)
+        elif dtype is torch.bool:
+            value = torch.frombuffer(bytearray(body[offset:offset + nbytes]), dtype=torch.uint8).reshape(shape) != 0
+        else:
+            value = torch.frombuffer(bytearray(body[offset:offset + nbytes]), dtype=dtype).reshape(shape)
+        if device != "cpu":
+            try:
+                value = value.to(device)
+            except (RuntimeError, AssertionError, ValueError) as exc:  # no such device here
+                raise TransferRefused(f"its tensor is on {device}, which the grader cannot use "
+                                      f"({type(exc).__name__})") from None
+        return value
+
+    def node(item: Any, depth: int) -> Any:
+        if depth > _MAX_NESTING:
+            refuse("nested too deeply")
+        kind = type(item)
+        if item is None or kind in (bool, int, float, str):
+            return item
+        if kind is list:
+            return [node(v, depth + 1) for v in item]
+        if kind is dict and len(item) == 1:
+            (tag, inner), = item.items()
+            if tag == "t" and type(inner) is list:
+                return tuple(node(v, depth + 1) for v in inner)
+            if tag == "d" and type(inner) is dict:
+                return {k: node(v, depth + 1) for k, v in inner.items()}
+            if tag == "x":
+                return tensor(inner)
+        refuse("an object it does not know")
+
+    return node(tree, 0)
 
 
 def _clean_strings(value: Any) -> Any:

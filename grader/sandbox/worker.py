@@ -289,7 +289,7 @@ def _main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
-#: The private mimetype of an outcome on IOPub: base64 of its torch.save bytes.
+#: The private mimetype of an outcome on IOPub: base64 of its bytes (:func:`grader.sandbox.wire.pack`).
 OUTCOME_MIME = constants.OUTCOME_MIME
 #: Base64 characters of outcomes the execute_reply carries again (see :func:`reply`): the shell
 #: channel drops nothing, so these arrive even when a thread floods IOPub. Larger outcomes travel
@@ -347,9 +347,9 @@ def serve(token: str, namespace: dict) -> None:
 
     def emit(index: int, outcome: dict) -> None:
         try:
-            data = wire.dumps(outcome)
+            data = wire.pack(outcome)
         except Exception as exc:  # noqa: BLE001 -- an unsaveable value is the submission's failure
-            data = wire.dumps({"status": "error", "error_type": "TransferError",
+            data = wire.pack({"status": "error", "error_type": "TransferError",
                                "message": f"the returned value could not be sent back: {exc}"[:_MAX_MESSAGE],
                                "traceback": "", "model_calls": [], "refusals": []})
         payload = base64.b64encode(data).decode("ascii")

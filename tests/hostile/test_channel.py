@@ -16,6 +16,7 @@ import json
 import os
 import threading
 import time
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -69,19 +70,91 @@ def _deflated(data: bytes) -> bytes:
     return out.getvalue()
 
 
-def test_loads_untrusted_refuses_compressed_oversized_and_foreign_data():
-    """Is a deflated archive (a zip bomb: 1 GB of zeros would fit in 1 MB) refused before torch.load?"""
-    plain = wire.dumps({"status": "ok", "value": torch.zeros(1000)})
-    assert torch.equal(wire.loads_untrusted(plain)["value"], torch.zeros(1000))
-    bomb = _deflated(wire.dumps({"status": "ok", "value": torch.zeros(10**6)}))
+def _packed(header, body: bytes = b"") -> bytes:
+    """A message in the outcomes' format with this header (a JSON value, or raw bytes) and body."""
+    raw = header if isinstance(header, bytes) else json.dumps(header).encode()
+    return wire.MAGIC + len(raw).to_bytes(8, "little") + raw + body
+
+
+def test_unpack_refuses_torch_archives_pickles_and_oversized_data():
+    """Is nothing but the grader's own format read: not a torch.save archive (plain, or deflated into a zip
+    bomb: 1 GB of zeros would fit in 1 MB), not a bare pickle, nothing over the limit?"""
+    plain = wire.pack({"status": "ok", "value": torch.zeros(1000)})
+    assert torch.equal(wire.unpack_untrusted(plain)["value"], torch.zeros(1000))
+    archive = wire.dumps({"status": "ok", "value": torch.zeros(10**6)})
+    bomb = _deflated(archive)
     assert len(bomb) < 100_000
     torch.load(io.BytesIO(bomb), weights_only=True)  # torch itself would unpack it
-    with pytest.raises(wire.TransferRefused, match="plain torch.save"):
-        wire.loads_untrusted(bomb)
+    for foreign in (archive, bomb, b"\x80\x04K\x01.", b"", wire.MAGIC):
+        with pytest.raises(wire.TransferRefused, match="transfer format"):
+            wire.unpack_untrusted(foreign)
     with pytest.raises(wire.TransferRefused, match="limit"):
-        wire.loads_untrusted(plain, limit=1000)
-    with pytest.raises(wire.TransferRefused, match="format"):
-        wire.loads_untrusted(b"\x80\x04K\x01.")  # a bare pickle
+        wire.unpack_untrusted(plain, limit=1000)
+
+
+def _tensor(dtype="float32", shape=(2,), offset=0, nbytes=8, device="cpu"):
+    return {"x": [dtype, list(shape), offset, nbytes, device]}
+
+
+@pytest.mark.parametrize("message, needle", [
+    (wire.MAGIC + (10**6).to_bytes(8, "little") + b"{}", "cut header"),
+    (_packed(b"{not json"), "not JSON"),
+    (_packed(b"[" + b"9" * 10_000 + b"]"), "not JSON"),  # an integer past Python's 4,300 digits
+    (_packed(b"[" * 200_000 + b"]" * 200_000), "not JSON"),  # past the C parser's recursion limit
+    (_packed(json.loads("[" * 40 + "]" * 40)), "nested too deeply"),
+    (_packed({"status": "ok"}), "does not know"),  # an untagged object
+    (_packed({"d": {"a": 1}, "t": []}), "does not know"),  # two tags
+    (_packed({"d": [1]}), "does not know"),
+    (_packed({"t": {"a": 1}}), "does not know"),
+    (_packed({"x": ["float32", [2], 0]}, bytes(8)), "malformed tensor"),
+    (_packed(_tensor(dtype="complex64"), bytes(8)), "unknown dtype"),
+    (_packed(_tensor(dtype="torch.float32"), bytes(8)), "unknown dtype"),
+    (_packed(_tensor(shape=(-2,)), bytes(8)), "malformed shape"),
+    (_packed(_tensor(shape=(True, 2)), bytes(8)), "malformed shape"),
+    (_packed(_tensor(shape=[1] * 65, nbytes=4), bytes(4)), "malformed shape"),
+    (_packed(_tensor(shape=(2.0,)), bytes(8)), "malformed shape"),
+    (_packed(_tensor(), bytes(4)), "not in the message"),  # the body is shorter than the tensor
+    (_packed(_tensor(offset=-4), bytes(8)), "not in the message"),
+    (_packed(_tensor(offset=4), bytes(8)), "not in the message"),
+    (_packed(_tensor(nbytes=-8), bytes(8)), "not in the message"),
+    (_packed(_tensor(shape=(3,)), bytes(8)), "does not match its shape"),
+    (_packed(_tensor(shape=(2**40, 2**40, 0, 7), nbytes=8), bytes(8)), "does not match its shape"),
+    (_packed(_tensor(device="file:///etc/passwd"), bytes(8)), "unknown device"),
+    (_packed(_tensor(device="cuda:0"), bytes(8)), "cannot use") if not torch.cuda.is_available() else
+    (_packed(_tensor(device="cuda:999"), bytes(8)), "cannot use"),
+], ids=["cut-header", "not-json", "long-int", "deep-json", "deep", "untagged", "two-tags", "dict-not-object",
+        "tuple-not-list", "short-spec", "complex", "dtype-name", "negative-extent", "bool-extent", "65-dims",
+        "float-extent", "short-body", "negative-offset", "past-end", "negative-size", "size-mismatch", "overflow",
+        "device-path", "absent-device"])
+def test_unpack_refuses_each_malformed_message_with_a_reason(message, needle):
+    """Is each way a patched worker could break the format refused, with what was wrong, before any tensor exists?"""
+    with pytest.raises(wire.TransferRefused, match=needle):
+        wire.unpack_untrusted(message)
+
+
+def test_unpack_copies_the_bytes_and_reads_bools_as_bools():
+    """Are a tensor's bytes copied out of the message (not a view of it), and a bool byte of 2 read as True?"""
+    message = _packed({"t": [_tensor(shape=(2,)), _tensor("bool", (3,), 8, 3)]},
+                      torch.tensor([1.0, 2.0]).numpy().tobytes() + bytes([0, 1, 2]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # torch warns when a tensor would share a read-only buffer
+        floats, flags = wire.unpack_untrusted(message)
+    assert flags.tolist() == [False, True, True] and flags.view(torch.uint8).tolist() == [0, 1, 1]
+    assert floats.tolist() == [1.0, 2.0] and floats.is_contiguous()
+    floats += 1  # writable, and its own memory: the message is unchanged
+    assert wire.unpack_untrusted(message)[0].tolist() == [1.0, 2.0]
+
+
+def test_pack_refuses_what_it_cannot_carry():
+    """Is anything but plain data a TypeError in the worker (which then sends a TransferError), not a guess?"""
+    class Sub(torch.Tensor):
+        pass
+
+    for value in (object(), {1: 2}, torch.ones(2).as_subclass(Sub), torch.empty(2, device="meta"),
+                  torch.ones(2, dtype=torch.complex64), torch.ones(3).to_sparse(), torch.float32, b"bytes",
+                  json.loads("[" * 40 + "]" * 40)):
+        with pytest.raises(TypeError):
+            wire.pack(value)
 
 
 @pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor")
@@ -133,7 +206,7 @@ def _message(token: str, index, payload, mime: str = OUTCOME_MIME) -> dict:
 
 
 def _payload(outcome: dict) -> str:
-    return base64.b64encode(wire.dumps(outcome)).decode("ascii")
+    return base64.b64encode(wire.pack(outcome)).decode("ascii")
 
 
 def test_only_this_batchs_outcomes_count_and_each_once():
