@@ -106,12 +106,15 @@ def run(command: list[str], cwd: Path | None = None, env: dict | None = None, po
     started = time.perf_counter()
     proc = subprocess.Popen(command, cwd=cwd, env=env or ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     peak = 0
-    while proc.poll() is None:
-        if poll:
+    if poll:
+        while proc.poll() is None:
             peak = max(peak, sum(_pss_kib(p) for p in _tree(proc.pid)))
-        time.sleep(POLL)
+            time.sleep(POLL)
+        stderr_bytes = proc.stderr.read()
+    else:  # waited for, not looked at: the wall time is the process's own, not rounded up to a poll
+        stderr_bytes = proc.communicate()[1]
     wall = time.perf_counter() - started
-    stderr = proc.stderr.read().decode(errors="replace")
+    stderr = stderr_bytes.decode(errors="replace")
     proc.stderr.close()
     return {"wall": wall, "peak_mib": peak / 1024, "rc": proc.returncode, "stderr": stderr[-2000:]}
 

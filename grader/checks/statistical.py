@@ -152,7 +152,8 @@ def residual_plot(residuals: torch.Tensor, title: str) -> str:
     ax = fig.add_subplot()
     fig.subplots_adjust(left=0.09, right=0.98, bottom=0.15, top=0.91)
     if r.numel():
-        low, high = min(-5.0, float(r.quantile(0.001))), max(5.0, float(r.quantile(0.999)))
+        tails = r.quantile(torch.tensor([0.001, 0.999], dtype=torch.float64))  # one sort for both
+        low, high = min(-5.0, float(tails[0])), max(5.0, float(tails[1]))
         ax.hist(r.clamp(low, high).numpy(), bins=80, range=(low, high), density=True, alpha=0.6,
                 histtype="stepfilled",  # one polygon, not 80 patches: a third of the plot's cost
                 label="your output, standardised")
