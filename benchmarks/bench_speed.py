@@ -64,8 +64,9 @@ NotebookClient(notebook, timeout=600, kernel_name="python3", allow_errors=True,
                resources={"metadata": {"path": sys.argv[2]}}).execute()
 """
 
-#: A load average above this means other work ran beside the benchmark: its own grader and kernel (or two batch
-#: slots) keep the load near 2 on their own.
+#: A load average above this means other work ran beside the benchmark: its own grader and kernel keep the load
+#: near 2 on their own. At the end, after the batch, the threshold is this plus ``--jobs``: the batch's slots, each
+#: with a kernel running and the next one booting, leave the one-minute average near 2.6 for two jobs by themselves.
 LOADED = 2.5
 POLL = 0.1  # seconds between memory samples: a short burst can be missed, as by the grader's own watchdog
 
@@ -253,7 +254,8 @@ def table(names, runs, fast, batch, args, load, rounds=None) -> str:
         + f"Machine: {os.cpu_count()} CPU cores, Python {sys.version.split()[0]}; load average {load[0]:.1f} at the "
         f"start and {load[1]:.1f} at the end"
         + (": **a loaded, shared machine** (other work ran beside it), so absolute times are inflated and noisy"
-           if max(load) > LOADED else " (the benchmark's own two busy processes: nothing else ran)")
+           if load[0] > LOADED or load[1] > LOADED + (args.jobs if batch else 0)
+           else " (the benchmark's own busy processes: nothing else ran)")
         + "; the ratios are paired (the two sides of each pair ran one "
         "after the other, in alternating order; a ratio is the median of the rounds' ratios) and are the figures "
         "to read. Medians of "
