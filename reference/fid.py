@@ -48,6 +48,7 @@ __all__ = [
     "feature_statistics",
     "frechet_distance",
     "fid_from_features",
+    "needs_regularising",
     "kid",
     "precision_recall",
     "pairwise_distances",
@@ -109,12 +110,10 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 
     if sigma1.shape != (d, d) or sigma2.shape != (d, d):
         raise ValueError(f"sigma1 and sigma2 must be ({d}, {d}), got {sigma1.shape} and {sigma2.shape}.")
     diff = mu1 - mu2
-    with warnings.catch_warnings():  # pytorch-fid's disp=False: a singular product is handled below, not warned about
-        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
-        covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-        if not np.isfinite(covmean).all():
-            offset = np.eye(d) * eps
-            covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    covmean = _sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(d) * eps
+        covmean = _sqrtm((sigma1 + offset) @ (sigma2 + offset))
     if np.iscomplexobj(covmean):
         if not np.allclose(np.diagonal(covmean).imag, 0, atol=IMAGINARY_ATOL):
             largest = np.max(np.abs(covmean.imag))
@@ -122,6 +121,21 @@ def frechet_distance(mu1: Any, sigma1: Any, mu2: Any, sigma2: Any, eps: float = 
                              "are both covariances positive semi-definite?")
         covmean = covmean.real
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean))
+
+
+def _sqrtm(product: np.ndarray) -> np.ndarray:
+    with warnings.catch_warnings():  # pytorch-fid's disp=False: a singular product is handled by the caller, not warned about
+        warnings.simplefilter("ignore", scipy.linalg.LinAlgWarning)
+        return scipy.linalg.sqrtm(product)
+
+
+def needs_regularising(sigma1: Any, sigma2: Any) -> bool:
+    """Whether :func:`frechet_distance` regularises these covariances: ``sqrtm(Σ₁Σ₂)`` is not finite.
+
+    For a singular product that depends on the last bits of Σ₁Σ₂ and on the round-off of the BLAS kernels.
+    """
+    sigma1, sigma2 = np.atleast_2d(_array(sigma1, "sigma1")), np.atleast_2d(_array(sigma2, "sigma2"))
+    return not np.isfinite(_sqrtm(sigma1 @ sigma2)).all()
 
 
 def fid_from_features(features1: Any, features2: Any) -> float:

@@ -70,6 +70,18 @@ def test_correct_routes_stay_far_inside_the_term_size_tolerance(function, altern
     assert worst < 0.1, worst
 
 
+def test_no_drawn_pair_is_one_the_reference_regularises():
+    """Are the pairs where sqrtm(Σ₁Σ₂) fails (the reference then uses Σ + εI, 2e-3 away from an exact route on
+    a distance of 5.8) replaced, for both covariance routes? Which pairs fail turns on the machine's round-off,
+    so 4 000 small rank-deficient pairs are tried: with OpenBLAS's Haswell kernels about 1 in 400 fails."""
+    for seed in range(4000):
+        case = {"n1": 4 + seed % 11, "n2": 3 + seed % 7, "d": 2 + seed % 3, "rank1": ("half", "one")[seed % 2],
+                "rank2": ("full", "half")[seed // 2 % 2], "shift": 1.0, "numpy": False, "seed": seed}
+        x, y = ex._fid_features(case)
+        for a, b in ((x, y), (x.numpy(), y.numpy())):
+            assert not ref.needs_regularising(ref.feature_statistics(a)[1], ref.feature_statistics(b)[1]), case
+
+
 def _only(kind):
     def feature_statistics(features):
         if not isinstance(features, kind):
