@@ -55,16 +55,20 @@ def test_do_images_become_float64_features_independent_of_the_batching():
 
 
 def test_do_the_features_see_the_shapes():
+    _assert_sees_the_shapes(features.load_feature_extractor())
+
+
+def _assert_sees_the_shapes(model) -> None:
+    """What FID needs of the extractor: it tells the classes apart, its features are standardised, none is dead."""
     shapes = _shapes()
     images, labels = shapes.load_shapes(1000, torch.Generator().manual_seed(777))  # not the training seed
-    model = features.load_feature_extractor()
     with torch.no_grad():
         logits = model.head(model.body(images))[:, : features.NUM_CLASSES]
     accuracy = (logits.argmax(1) == labels).double().mean().item()
     # The training script reports 99.5 % held out; 95 % is a floor that a broken model misses
     # (chance is 20 %).
     assert accuracy > 0.95
-    phi = features.extract_features(images)
+    phi = features.extract_features(images, model)
     # Standardised on the training images: every feature has mean ~0 and std ~1 on fresh ones
     # (1000 images: the sample mean's error is ~0.03; 0.2 and [0.7, 1.3] are wide).
     assert phi.mean(0).abs().max() < 0.2 and ((phi.std(0) - 1).abs() < 0.3).all()
@@ -79,6 +83,9 @@ def test_does_the_training_script_reproduce_the_weights(tmp_path):
     out = tmp_path / "weights.pt"
     assert train_features.main(["--out", str(out)]) == 0
     state = torch.load(out, weights_only=True)
-    # Same platform: the same bits. Another CPU or PyTorch version may round the ~20 000
-    # gradient steps differently; the committed file stays the reference either way.
-    assert features.weights_digest(state) == features.WEIGHTS_SHA256
+    if features.weights_digest(state) == features.WEIGHTS_SHA256:
+        return  # the platform the committed file was trained on: the same bits
+    # Another CPU or PyTorch build rounds the ~20 000 gradient steps differently (seen: the same wheel and
+    # code gave other bits on an Intel Xeon than on the machine the file was made on): other bits, which
+    # must make an extractor as good as the committed one. The committed file stays the reference either way.
+    _assert_sees_the_shapes(features.load_feature_extractor(out, sha256=None))
