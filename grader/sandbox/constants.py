@@ -6,9 +6,9 @@ kernel side (:mod:`grader.sandbox.wire`, :mod:`grader.sandbox.worker`) loads it
 before the walls go up.
 """
 
-#: Bytes one outcome may take in its packed form (:func:`grader.sandbox.wire.pack`). The largest value a check asks for is a batch
-#: of samples (10^5 two-dimensional points in float64 is 1.6 MB); 64 MiB leaves 40x room and bounds
-#: what one call can make the grader hold.
+#: Bytes one outcome may take in its packed form (:func:`grader.sandbox.wire.pack`). The largest value
+#: a check asks for is a batch of samples (10^5 two-dimensional points in float64 is 1.6 MB); 64 MiB
+#: leaves 40x room and bounds what one call can make the grader hold.
 MAX_OUTCOME_BYTES = 64 * 1024**2
 
 #: The private mimetype of the display_data messages that carry outcomes back on IOPub.

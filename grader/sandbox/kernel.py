@@ -654,7 +654,8 @@ class _Outcomes:
 
     A message counts only if it carries the batch's random ``token`` and the index of a call
     that has no outcome yet; its payload must be base64 of a well-formed packed outcome
-    (:func:`grader.sandbox.wire.unpack_untrusted`) within :data:`grader.sandbox.wire.MAX_OUTCOME_BYTES`, and the batch's within :data:`MAX_BATCH_BYTES`.
+    (:func:`grader.sandbox.wire.unpack_untrusted`) within :data:`grader.sandbox.wire.MAX_OUTCOME_BYTES`,
+    and the batch's within :data:`MAX_BATCH_BYTES`.
     Whatever the worker in the kernel was patched to send, the grader keeps at most that.
     """
 

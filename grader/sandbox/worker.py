@@ -350,8 +350,8 @@ def serve(token: str, namespace: dict) -> None:
             data = wire.pack(outcome)
         except Exception as exc:  # noqa: BLE001 -- an unsaveable value is the submission's failure
             data = wire.pack({"status": "error", "error_type": "TransferError",
-                               "message": f"the returned value could not be sent back: {exc}"[:_MAX_MESSAGE],
-                               "traceback": "", "model_calls": [], "refusals": []})
+                              "message": f"the returned value could not be sent back: {exc}"[:_MAX_MESSAGE],
+                              "traceback": "", "model_calls": [], "refusals": []})
         payload = base64.b64encode(data).decode("ascii")
         publish({OUTCOME_MIME: payload}, {OUTCOME_MIME: {"token": token, "index": index}})
         if len(payload) <= room[0]:
