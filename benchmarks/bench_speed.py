@@ -31,9 +31,9 @@ The grader's own packages (``grader``, ``reference``) are compiled to bytecode b
 timed, as ``pip install`` does for an installed package and as any first run does where Python may
 write bytecode. The runs themselves never write it (``PYTHONDONTWRITEBYTECODE=1``, as the grader's
 kernels run), and on a machine whose environment sets that variable for everything, as these do, an
-editable checkout would otherwise compile the grader's ~20 000 lines again in every grader process
-(about 0.2 s of CPU each, three to five processes a run), a cost no installed grader pays and
-nbclient's side, all installed packages, never pays.
+editable checkout would otherwise compile the grader's ~20 000 lines again in every grader process:
+up to 0.2 s of CPU each (compiling all of them took 0.2 s), in three to five processes a run. No
+installed grader pays that, and nbclient's side, all installed packages, never does.
 
 The pairing is done here (not with farm-bench) because each run is also polled for memory and its
 score read back from results.json: the solutions must get full marks and the stubs none.
