@@ -83,7 +83,8 @@ def polled(command: list[str], interval: float) -> dict:
     """Run ``command``, polling its tree; its wall time, exact tree CPU, and CPU by process."""
     started = time.perf_counter()
     poller_before = time.process_time()
-    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    errors = tempfile.TemporaryFile()  # a file, not a pipe: nothing reads it before the end, and a full pipe blocks
+    proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=errors)
     seen: dict[tuple[int, int], dict] = {}
     while True:
         todo, tree = [proc.pid], []
@@ -108,8 +109,9 @@ def polled(command: list[str], interval: float) -> dict:
             break
         time.sleep(interval)
     wall = time.perf_counter() - started
-    stderr = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
+    errors.seek(0)
+    stderr = errors.read().decode(errors="replace")
+    errors.close()
     proc.returncode = os.waitstatus_to_exitcode(status)
     return {"wall": wall, "tree_cpu": usage.ru_utime + usage.ru_stime, "rc": proc.returncode, "stderr": stderr[-2000:],
             "root": proc.pid, "processes": list(seen.values()), "poller_cpu": time.process_time() - poller_before}
@@ -219,6 +221,8 @@ def main() -> None:
     args = parser.parse_args()
     if not 0 < args.small < args.copies:
         parser.error("--small must be between 0 and --copies")
+    if not (ROOT / "solutions" / args.exercise / f"{args.exercise}.ipynb").is_file():
+        parser.error(f"no solution notebook solutions/{args.exercise}/{args.exercise}.ipynb")
     for package in ("grader", "reference"):
         compileall.compile_dir(ROOT / package, quiet=1)
     singles, bigs, smalls = [], [], []
