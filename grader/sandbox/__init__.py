@@ -2,9 +2,10 @@
 
 Modules loaded in the student's kernel (before any student code, so that the
 audit hook cannot be bypassed by import order): :mod:`.guard`, :mod:`.wire`,
-:mod:`.models`, :mod:`.worker`, and the walls :mod:`.namespace` and :mod:`.landlock`
-(stdlib only). They import nothing from the rest of the grader, whose files the
-walls then leave out of the kernel's reach. The grader-side modules :mod:`.kernel`,
+:mod:`.models`, :mod:`.worker`, :mod:`.figures` (a ``grade batch`` zygote's first
+figure), and the walls :mod:`.namespace` and :mod:`.landlock` (stdlib only). They
+import nothing from the rest of the grader, whose files the walls then leave out
+of the kernel's reach. The grader-side modules :mod:`.kernel`,
 :mod:`.procs`, :mod:`.isolation` and :mod:`.watchdog` start, confine, watch, talk to
 and stop that process.
 """

@@ -77,15 +77,17 @@ def preimport(threads: int | None, warm: bool = False) -> None:
     them: :func:`grader.sandbox.meta.warm` (the meta machinery the grader's device check needs,
     ~0.5 s a kernel) and ``import matplotlib.pyplot`` (what every notebook's first cell imports,
     ~0.7 s a kernel; pyplot chooses its backend at the first figure, in the kernel, so the inline
-    backend is set up there as in a cold kernel). A cold kernel does not: its boot runs while the
-    grader loads, and is already as long as that.
+    backend is set up there as in a cold kernel), then one throwaway figure on a bare canvas
+    (:func:`grader.sandbox.figures.warm`: the font lookups, the mathtext parser and the PNG writer a
+    first figure loads, but not the fonts' open files; ~0.13 s a kernel). A cold kernel does not: its
+    boot runs while the grader loads, and is already as long as that.
     """
     import torch
 
     if threads:
         torch.set_num_threads(int(threads))
 
-    from grader.sandbox import guard, landlock, meta, models, worker  # noqa: F401 -- loaded before the guard on purpose
+    from grader.sandbox import figures, guard, landlock, meta, models, worker  # noqa: F401 -- before the guard
 
     models.preload()
     # No debugger: ipykernel imports debugpy (and pydevd, which walks every loaded module) for each kernel it
@@ -100,6 +102,7 @@ def preimport(threads: int | None, warm: bool = False) -> None:
             import matplotlib.pyplot  # noqa: F401
         except ImportError:  # the notebook's own import then says so, as in a cold kernel
             pass
+        figures.warm()
 
 
 def main(argv: list[str], preimported: bool = False) -> None:

@@ -246,6 +246,7 @@ _WARM = """\
 import sys
 sys.modules["grader.sandbox.meta"].warm()
 import matplotlib.pyplot
+sys.modules["grader.sandbox.figures"].warm()
 """
 
 #: A figure shown inline, and the folders matplotlib uses: the kernel's own (its private MPLCONFIGDIR)?
