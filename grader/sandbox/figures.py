@@ -65,7 +65,8 @@ def _drop_open_fonts() -> None:
     through a closed descriptor, or through whatever file the kernel opened later under the same number.
     The faces live in matplotlib's font cache and in mathtext's cache of parsed strings (their glyph boxes
     name their faces); both are emptied, then the zygote's open files are checked. One still open raises:
-    the zygote then fails its start, and its slot launches every kernel cold."""
+    the zygote then fails its start, and its slot launches that kernel cold and starts a zygote again for
+    the next (``tests/grader/test_figures.py`` fails first, on a matplotlib that keeps faces elsewhere)."""
     import gc
 
     from matplotlib import font_manager, mathtext
