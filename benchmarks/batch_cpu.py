@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_speed import ENV, GRADE, ROOT, _children  # noqa: E402 -- the same environment and console script
+from bench_speed import ENV, GRADE, ROOT, _tree  # noqa: E402 -- the same environment and console script
 
 TICK = os.sysconf("SC_CLK_TCK")
 ROLES = ("parent", "slots", "zygotes", "kernels (forked)", "kernels (cold)", "intermediates", "grader", "other")
@@ -87,12 +87,7 @@ def polled(command: list[str], interval: float) -> dict:
     proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=errors)
     seen: dict[tuple[int, int], dict] = {}
     while True:
-        todo, tree = [proc.pid], []
-        while todo:
-            pid = todo.pop()
-            tree.append(pid)
-            todo.extend(_children(pid))
-        for pid in tree:
+        for pid in _tree(proc.pid):
             stat = _stat(pid)
             if stat is None:
                 continue
