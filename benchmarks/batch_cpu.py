@@ -43,7 +43,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_speed import ENV, GRADE, ROOT, _tree  # noqa: E402 -- the same environment and console script
+from bench_speed import ENV, GRADE, ROOT, _tree, solution_copies  # noqa: E402 -- the same environment and console script
 
 TICK = os.sysconf("SC_CLK_TCK")
 ROLES = ("parent", "slots", "zygotes", "kernels (forked)", "kernels (cold)", "intermediates", "grader", "other")
@@ -141,11 +141,7 @@ def roles(run: dict) -> dict[str, float]:
 
 
 def batch(name: str, copies: int, jobs: int, scratch: Path, interval: float) -> dict:
-    submissions = scratch / f"copies{copies}"
-    for i in range(copies):
-        folder = submissions / f"student{i:02d}"
-        folder.mkdir(parents=True)
-        shutil.copy(ROOT / "solutions" / name / f"{name}.ipynb", folder / f"{name}.ipynb")
+    submissions = solution_copies(name, copies, scratch / f"copies{copies}")
     run = polled([str(GRADE), "batch", str(submissions), "--out", str(scratch / f"out{copies}"), "--jobs", str(jobs),
                   "--exercise", name, "--progress", "lines"], interval)
     graded = len(list((scratch / f"out{copies}").glob("*/results.json")))

@@ -202,6 +202,15 @@ def measure_fast_paths(repeat: int, scratch: Path) -> dict:
             for label, argv in commands.items()}
 
 
+def solution_copies(name: str, copies: int, submissions: Path) -> Path:
+    """``submissions``, made with ``copies`` folders ``studentNN`` each holding a copy of the solution notebook."""
+    for i in range(copies):
+        folder = submissions / f"student{i:02d}"
+        folder.mkdir(parents=True)
+        shutil.copy(ROOT / "solutions" / name / f"{name}.ipynb", folder / f"{name}.ipynb")
+    return submissions
+
+
 def measure_batch(name: str, copies: int, jobs: int, scratch: Path, cold: bool = False, rounds: int = 3) -> dict:
     """``grade batch`` of ``copies`` copies of the solution on ``jobs`` jobs, ``rounds`` times, each bracketed by one
     ``grade submit`` of it just before and one just after (the yardstick, under the same load); the ratio is the
@@ -213,11 +222,7 @@ def measure_batch(name: str, copies: int, jobs: int, scratch: Path, cold: bool =
     zygotes and kernels): one poll of it took 42 ms of CPU (68 ms wall), a third of a core at a 0.1 s period,
     which slowed the batch far more than its yardstick. The peak memory comes from one more, polled, batch.
     """
-    submissions = scratch / "batch" / "submissions"
-    for i in range(copies):
-        folder = submissions / f"student{i:02d}"
-        folder.mkdir(parents=True)
-        shutil.copy(ROOT / "solutions" / name / f"{name}.ipynb", folder / f"{name}.ipynb")
+    submissions = solution_copies(name, copies, scratch / "batch" / "submissions")
 
     def batch(out: str, env: dict | None = None, poll: bool = False) -> dict:
         result = run([str(GRADE), "batch", str(submissions), "--out", str(scratch / "batch" / out), "--jobs",
