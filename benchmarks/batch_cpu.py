@@ -6,9 +6,10 @@ can be judged by the CPU it removes rather than by a wall time that drifts by a 
 
 * each process of the tree, polled every ``--interval`` s (``/proc/PID/stat``: user + system time
   and its parent; its command line; once, whether it is PID 1 of a PID namespace), is given a role:
-  the ``grade batch`` parent, a slot (``grader.batch --slot``), a slot's zygote (the first
-  ``grader.sandbox.launch --zygote`` the slot starts), a kernel forked from it (the same command
-  line, PID 1 of its own namespace, re-parented to the slot), a kernel started cold (PID 1 of its
+  the ``grade batch`` parent, a slot (``grader.batch --slot``, or ``grader.sandbox.launch --slot``
+  started pristine), a slot's zygote (the first ``grader.sandbox.launch --zygote`` the slot starts,
+  or a pristine slot's own fork, with the slot's command line), a kernel forked from it (the same
+  command line, PID 1 of its own namespace, re-parented to the slot), a kernel started cold (PID 1 of its
   namespace, launched by ``grader.sandbox.launch``), or a process in between (the zygote's
   intermediate, the shim that waits on a kernel outside its namespace);
 * the CPU the polls missed (what a process spent after its last poll) is the difference between
@@ -112,14 +113,21 @@ def polled(command: list[str], interval: float) -> dict:
             "root": proc.pid, "processes": list(seen.values()), "poller_cpu": time.process_time() - poller_before}
 
 
+def _forked(cmd: str) -> bool:
+    """A zygote's command line, which its kernels keep: a zygote started cold, or a pristine slot's."""
+    return "grader.sandbox.launch --zygote" in cmd or "grader.sandbox.launch --slot" in cmd
+
+
 def roles(run: dict) -> dict[str, float]:
     """CPU seconds by role, and the CPU the polls missed."""
-    slots = {p["pid"] for p in run["processes"] if "grader.batch --slot" in p["cmd"]}
-    # A slot's zygote is the first process of that command line it starts; the kernels forked from it keep the
-    # command line (so do the shims that wait on them, outside their namespace), and are started later.
+    # A slot is the batch's child: ``grader.batch --slot`` or, started pristine, ``grader.sandbox.launch --slot``.
+    slots = {p["pid"] for p in run["processes"] if " --slot" in p["cmd"] and p["parent"] == run["root"]}
+    # A slot's zygote is the first process of its command line (``--zygote``, or a pristine slot's own, forked) the
+    # slot starts; the kernels forked from it keep the command line (so do the shims that wait on them, outside
+    # their namespace), and are started later.
     first: dict[int, tuple[int, int]] = {}
     for p in run["processes"]:
-        if "--zygote" in p["cmd"] and p["parent"] in slots and not p["namespaced"]:
+        if _forked(p["cmd"]) and p["parent"] in slots and not p["namespaced"]:
             first[p["parent"]] = min(first.get(p["parent"], (p["start"], p["pid"])), (p["start"], p["pid"]))
     zygotes = {pid for _, pid in first.values()}
     totals = dict.fromkeys(ROLES, 0.0)
@@ -131,7 +139,7 @@ def roles(run: dict) -> dict[str, float]:
         elif p["pid"] in zygotes:
             role = "zygotes"
         elif "grader.sandbox.launch" in p["cmd"]:  # a kernel is PID 1 of its namespace; the rest wait or fork
-            kind = "kernels (forked)" if "--zygote" in p["cmd"] else "kernels (cold)"
+            kind = "kernels (forked)" if _forked(p["cmd"]) else "kernels (cold)"
             role = kind if p["namespaced"] else "intermediates"
         else:
             role = "other"

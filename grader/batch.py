@@ -302,6 +302,10 @@ class _Slot:
 
     #: The slot process's command, before its output folder.
     command = [sys.executable, "-m", "grader.batch", "--slot"]
+    #: The command of a slot started pristine, which forks its own zygote (:func:`grader.sandbox.zygote.pristine_slot`),
+    #: before its torch threads; None: every slot starts as :attr:`command`. No output folder on it: its zygote and
+    #: kernels keep its command line.
+    pristine = [sys.executable, "-m", "grader.sandbox.launch", "--slot"]
 
     def __init__(self, out: Path, options: SubmitOptions, take, finish) -> None:
         self.out, self.options, self.take, self.finish = out, options, take, finish
@@ -360,8 +364,21 @@ class _Slot:
                 deadline = time.monotonic() + self.options.timeout + OVERRUN
 
     def _start(self) -> None:
-        command = [*self.command, str(self.out)]
         env = {**os.environ, "OMP_NUM_THREADS": "1"}  # the grader's own process: small tensors
+        first = {"options": _options_to_json(self.options)}
+        threads = self.options.limits.threads
+        if (self.pristine and sys.platform.startswith("linux") and os.environ.get("GRADER_ZYGOTE") != "0"
+                and os.environ.get("GRADER_PRISTINE_SLOT") != "0" and (threads or 1) == 1):
+            # Started as its zygote would be (that environment, those imports), it forks the zygote before it loads
+            # the grader, then takes back its own environment, sent first. With more torch threads torch starts
+            # them at its import and no zygote can be forked (every kernel starts cold): a slot as ever.
+            from grader.sandbox.zygote import environment
+
+            command = [*self.pristine, str(threads or 0)]
+            first["env"] = env
+            env = environment(self.options.limits, base=env)
+        else:
+            command = [*self.command, str(self.out)]
         self.process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                         env=env, preexec_fn=_die_with_parent if os.name == "posix" else None)
         with _RUNNING_LOCK:
@@ -388,7 +405,7 @@ class _Slot:
         threading.Thread(target=read_stdout, daemon=True).start()
         self._stderr_reader = threading.Thread(target=read_stderr, daemon=True)
         self._stderr_reader.start()
-        self._write({"options": _options_to_json(self.options)})
+        self._write(first)
 
     def _send(self, item: Item | None) -> None:
         job = None if item is None else {"key": item.key, "path": str(item.path), "exercise": item.exercise,
@@ -459,10 +476,12 @@ def _options_from_json(fields: dict) -> SubmitOptions:
     return SubmitOptions(**{**fields, "limits": Limits(**fields["limits"])})
 
 
-def serve_slot(out: str) -> int:
-    """The process of one job slot (``python -m grader.batch --slot OUT``): grade what arrives on stdin.
+def serve_slot(zygote=None) -> int:
+    """The process of one job slot (``python -m grader.batch --slot OUT``, OUT the batch's output folder, for
+    ``ps``; or pristine, :func:`grader.sandbox.zygote.pristine_slot`): grade what arrives on stdin.
 
-    Input, one JSON value a line: ``{"options": {...}}`` first, then jobs
+    Input, one JSON value a line: ``{"options": {...}}`` first (with ``"env"``, the slot's own environment,
+    for a slot started pristine, in its zygote's), then jobs
     ``{"key", "path", "exercise", "out"}``; ``null`` or the end of input means no more.
     Output, one JSON object a line, on the process's original standard output (the
     grader's own prints go to standard error): ``{"want": true}`` asks for the next
@@ -470,6 +489,8 @@ def serve_slot(out: str) -> int:
     "error": "grade: error: ..."}`` reports one submission exactly as ``grade submit``'s
     exit status and error line would. Student code never runs here: each submission
     runs in its own sandboxed kernel, launched one submission ahead.
+
+    ``zygote``: the one a pristine slot forked (:func:`grader.sandbox.zygote.pristine_slot`); None: one is started.
     """
     from grader.cli import _skip_unused_validators, _terminate_cleanly
 
@@ -493,9 +514,21 @@ def serve_slot(out: str) -> int:
 
     first = read()
     if not isinstance(first, dict) or "options" not in first:
+        if zygote is not None:
+            zygote.close()
         return 2
+    env = first.get("env")
+    if isinstance(env, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in env.items()):
+        os.environ.clear()  # a pristine slot's own, after its zygote's (which every kernel's is made from again)
+        os.environ.update(env)
+        sys.dont_write_bytecode = bool(env.get("PYTHONDONTWRITEBYTECODE"))
     options = _options_from_json(first["options"])
-    zygote = _start_zygote(options)  # the first kernel's launch waits for its imports, which a cold kernel would do
+    if zygote is not None:
+        from grader.sandbox import kernel
+
+        kernel.use_zygote(zygote)
+    else:
+        zygote = _start_zygote(options)  # the first kernel's launch waits for its imports, as a cold kernel would
     held: list = []  # every Grading this process made and has not closed: closed on the way out
     frozen = False  # gc.freeze() done, after the first submission
     current = _begin(read(), options, held)
@@ -825,4 +858,4 @@ def grade_batch(submissions: Path, out: Path | None, *, jobs: int | None, exerci
 
 
 if __name__ == "__main__" and sys.argv[1:2] == ["--slot"]:
-    sys.exit(serve_slot(sys.argv[2]))
+    sys.exit(serve_slot())

@@ -125,10 +125,13 @@ def use_zygote(zygote) -> None:
     _ZYGOTE = zygote
 
 
-def kernel_environment(limits: "Limits", extra: dict | None = None) -> dict:
-    """Every kernel's environment but its folders (IPYTHONDIR, TMPDIR and the caches under it)."""
+def kernel_environment(limits: "Limits", extra: dict | None = None, base: dict | None = None) -> dict:
+    """Every kernel's environment but its folders (IPYTHONDIR, TMPDIR and the caches under it).
+
+    ``base``: the grader's environment it is made from (default: this process's).
+    """
     project_root = str(Path(__file__).resolve().parents[2])
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("JPY_", "JUPYTER_"))}
+    env = {k: v for k, v in (os.environ if base is None else base).items() if not k.startswith(("JPY_", "JUPYTER_"))}
     env["PYTHONPATH"] = os.pathsep.join(p for p in [project_root, env.get("PYTHONPATH", "")] if p)
     env["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     env["PYTHONDONTWRITEBYTECODE"] = "1"

@@ -168,4 +168,8 @@ if __name__ == "__main__":
         from grader.sandbox import zygote
 
         zygote.serve(int(sys.argv[2]), lambda: preimport(int(sys.argv[3]) or None, warm=True), main)
+    if sys.argv[1:2] == ["--slot"]:  # a grade batch slot started pristine, which forks its zygote: THREADS
+        from grader.sandbox import zygote
+
+        sys.exit(zygote.pristine_slot(int(sys.argv[2]) or None, preimport, main))
     main(sys.argv[1:])

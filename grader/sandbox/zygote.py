@@ -52,7 +52,7 @@ import signal
 import sys
 import time
 
-__all__ = ["Zygote", "ZygoteProcess", "environment", "serve"]
+__all__ = ["Zygote", "ZygoteProcess", "environment", "pristine_slot", "serve"]
 
 #: Seconds the slot waits for the zygote to answer a fork request. A fork of a process holding
 #: torch (~400 MB mapped, copy-on-write) takes milliseconds, and two more forks and one exit add
@@ -71,6 +71,7 @@ REPARENT_TIMEOUT = 10.0
 MAX_LINE = 1 << 20
 
 _PR_SET_PDEATHSIG = 1
+_PR_SET_CHILD_SUBREAPER = 36
 _MAIN = None  # launch.main, in the zygote (serve)
 
 
@@ -105,6 +106,18 @@ def _die_with_parent() -> None:
     import ctypes
 
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+
+def _become_zygote(fd: int) -> None:
+    """In a pristine slot's fork: the process state ``Zygote.start``'s Popen gives a zygote (standard streams on
+    /dev/null, only the control socket ``fd`` inherited, started in /)."""
+    null = os.open(os.devnull, os.O_RDWR)
+    for std in (0, 1, 2):
+        os.dup2(null, std)
+    os.closerange(3, fd)  # the slot's pipes to the batch are 0-2 (now /dev/null); anything else the imports left
+    os.closerange(fd + 1, _max_fd())
+    os.chdir("/")
+    sys.path[0] = "/"  # `python -m` in / puts / first; each forked kernel puts its own folder there again
 
 
 def serve(fd: int, preimport, main) -> None:
@@ -254,6 +267,28 @@ def _forget(memoised) -> None:
         cells["called"].cell_contents = False
 
 
+def pristine_slot(threads: int | None, preimport, main) -> int:
+    """A ``grade batch`` slot started pristine: ``python -m grader.sandbox.launch --slot THREADS``, in its
+    zygote's environment (:func:`environment`, from the slot's own: the batch sends that in its first message).
+
+    It does what its zygote would do first (``preimport(threads, warm=True)``: torch, ipykernel, pyplot, the meta
+    and figure warm-ups), forks that zygote from here (:meth:`Zygote.fork_here`), and only then imports the
+    grader and serves as a slot (:func:`grader.batch.serve_slot`, which puts the slot's environment back). A slot
+    and its zygote so share one interpreter's start and imports (~2 s of CPU each, twice a batch), and the
+    zygote is the one a cold start makes: nothing of the grader is loaded before the fork. (Its zygote and the
+    kernels forked from it keep this command line in ``/proc``, hence nothing on it but the torch threads.)
+    """
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # before any fork: see Zygote
+    preimport(threads, warm=True)
+    zygote = Zygote.fork_here(threads, main)  # None: more than one thread; the slot then starts one cold
+
+    from grader import batch
+
+    return batch.serve_slot(zygote=zygote)
+
+
 # ----------------------------------------------------------------------------------------- the slot's side
 
 class ZygoteProcess:
@@ -315,13 +350,14 @@ _STARTUP_PREFIXES = ("PYTHON", "OMP_", "MKL_", "KMP_", "LD_", "MALLOC_", "GRADER
                      "MPLBACKEND", "OPENBLAS")
 
 
-def environment(limits) -> dict:
-    """The zygote's environment: every kernel's (:func:`grader.sandbox.kernel.kernel_environment`), with
-    MPLCONFIGDIR the grader's own matplotlib folder, whose font list each kernel's private folder is seeded
-    from: matplotlib, which the zygote imports, reads it there (a forked kernel reads its own folder again)."""
+def environment(limits, base: dict | None = None) -> dict:
+    """The zygote's environment: every kernel's (:func:`grader.sandbox.kernel.kernel_environment`, from the
+    grader's environment ``base``, default this process's), with MPLCONFIGDIR the grader's own matplotlib folder,
+    whose font list each kernel's private folder is seeded from: matplotlib, which the zygote imports, reads it
+    there (a forked kernel reads its own folder again)."""
     from grader.sandbox import isolation, kernel
 
-    return {**kernel.kernel_environment(limits), "MPLCONFIGDIR": str(isolation.matplotlib_cache())}
+    return {**kernel.kernel_environment(limits, base=base), "MPLCONFIGDIR": str(isolation.matplotlib_cache())}
 
 
 def _startup(env: dict) -> dict:
@@ -340,6 +376,44 @@ class Zygote:
     command = [sys.executable, "-m", "grader.sandbox.launch", "--zygote"]
 
     def __init__(self, env: dict, threads: int | None) -> None:
+        self._fields(env, threads)
+        self.start()
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+    @classmethod
+    def fork_here(cls, threads: int | None, main) -> "Zygote | None":
+        """This process's own fork, as its zygote; None when it holds more than one thread (it cannot fork one).
+
+        For a slot started pristine (``python -m grader.sandbox.launch --slot``, :func:`pristine_slot`): called
+        after :func:`grader.sandbox.launch.preimport` and before anything else, it is the zygote a cold
+        ``start`` would make, without that zygote's own interpreter and imports. ``main`` is launch.py's; the
+        environment is this process's, a zygote's (:func:`environment`). A zygote started again after this one
+        died is a cold one (:meth:`start`): by then this process has imported the grader.
+        """
+        import socket
+
+        if _threads() != 1:
+            return None
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        pid = os.fork()
+        if pid == 0:  # the zygote
+            try:
+                ours.close()
+                _become_zygote(theirs.fileno())
+                serve(theirs.fileno(), lambda: None, main)
+            finally:
+                os._exit(70)
+        theirs.close()
+        zygote = cls.__new__(cls)
+        zygote._fields(dict(os.environ), threads)
+        zygote.process = ZygoteProcess(pid, [*cls.command, "(forked)"])
+        zygote.socket = ours
+        return zygote
+
+    def _fields(self, env: dict, threads: int | None) -> None:
         self.env = dict(env)
         self.threads = threads
         self.process = None
@@ -349,11 +423,6 @@ class Zygote:
         self.forks = self.colds = self.restarts = 0
         self.last_refusal = ""
         self.unusable = ""  # why no kernel will ever be asked of it (then it is closed)
-        self.start()
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid if self.process is not None else None
 
     def start(self) -> None:
         """Start a zygote (returns at once; it is ready once its imports are done)."""

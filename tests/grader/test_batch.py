@@ -322,6 +322,7 @@ def test_a_slot_that_dies_fails_its_row_and_a_fresh_one_takes_the_next(tmp_path,
     script = tmp_path / "slot.py"
     script.write_text(_FAKE_SLOT)
     monkeypatch.setattr(batch._Slot, "command", [sys.executable, str(script)])
+    monkeypatch.setattr(batch._Slot, "pristine", None)
     items = [Item(name, tmp_path / f"{name}.ipynb", name) for name in ("ann", "dies", "cat", "dan")]
     rows: dict[str, Row] = {}
     batch._run_local([(item, "h") for item in items], tmp_path / "out", SubmitOptions(timeout=60), 1,
@@ -333,6 +334,49 @@ def test_a_slot_that_dies_fails_its_row_and_a_fresh_one_takes_the_next(tmp_path,
     pids = {k: rows[k].results["extra_data"]["pid"] for k in ("ann", "cat", "dan")}
     # cat had been handed to the dying process as its next job: a fresh process graded it, and dan after it.
     assert pids["ann"] != pids["cat"] == pids["dan"]
+
+
+def test_a_slot_starts_pristine_only_where_it_can_fork_its_zygote(tmp_path, monkeypatch):
+    """Is a slot started pristine (in its zygote's environment, its own sent first) on Linux with one torch
+    thread, and as ever with more threads (torch starts them at its import: no zygote can be forked), with
+    GRADER_ZYGOTE=0 (every kernel cold) or with GRADER_PRISTINE_SLOT=0?"""
+    import io
+
+    from grader.sandbox.kernel import Limits
+    from grader.sandbox.zygote import environment
+
+    started = []
+
+    class Recorder:
+        def __init__(self, command, env, **kwargs):
+            self.stdin, self.stdout, self.stderr = io.BytesIO(), io.BytesIO(), io.BytesIO()
+            started.append((command, env, self.stdin))
+
+    monkeypatch.setattr(batch.subprocess, "Popen", Recorder)
+    monkeypatch.setattr(batch.sys, "platform", "linux")
+    monkeypatch.delenv("GRADER_ZYGOTE", raising=False)
+    monkeypatch.delenv("GRADER_PRISTINE_SLOT", raising=False)
+
+    def start(threads, **env):
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        options = SubmitOptions(limits=Limits(threads=threads))
+        batch._Slot(tmp_path, options, None, None)._start()
+        for name in env:
+            monkeypatch.delenv(name)
+        command, env_, stdin = started.pop()
+        return command, env_, json.loads(stdin.getvalue().decode().splitlines()[0])
+
+    own = {**os.environ, "OMP_NUM_THREADS": "1"}
+    command, env, first = start(1)
+    assert command == [sys.executable, "-m", "grader.sandbox.launch", "--slot", "1"]
+    assert env == environment(Limits(threads=1), base=own) and first["env"] == own
+    assert env["MPLBACKEND"] != own.get("MPLBACKEND")  # a zygote's environment, not the slot's
+    assert batch._options_from_json(first["options"]) == SubmitOptions(limits=Limits(threads=1))
+    for threads, env in ((2, {}), (1, {"GRADER_ZYGOTE": "0"}), (1, {"GRADER_PRISTINE_SLOT": "0"})):
+        command, env_, first = start(threads, **env)
+        assert command == [sys.executable, "-m", "grader.batch", "--slot", str(tmp_path)], (threads, env)
+        assert "env" not in first and env_ == {**os.environ, **env, "OMP_NUM_THREADS": "1"}
 
 
 def test_slot_options_travel_whole():

@@ -177,6 +177,52 @@ def test_spawn_launches_cold_what_the_zygote_cannot_make(monkeypatch):
     assert z.colds == 4 and z.forks == 0 and z.restarts == 1
 
 
+#: A stand-in for a pristine slot: it forks its zygote (one extra descriptor open, as a slot's imports may leave),
+#: says the zygote's pid and whether it is ready, and closes it when its input ends.
+_FORKS_HERE = """\
+import os, sys
+from grader.sandbox.zygote import Zygote
+extra = open(os.devnull)
+z = Zygote.fork_here(1, lambda argv, preimported: None)
+print(z.pid, z.wait_ready(30), z.env == dict(os.environ), flush=True)
+sys.stdin.readline()
+z.close()
+"""
+
+
+@linux_only
+def test_a_zygote_forked_by_its_slot_holds_its_socket_and_nothing_else(tmp_path):
+    """A pristine slot forks its zygote from itself (Zygote.fork_here): does the zygote hold only /dev/null on its
+    standard streams and its control socket — none of the slot's pipes or files —, sit in /, answer ready, and die
+    with the slot? And does a process with a second thread fork none?"""
+    slot = subprocess.Popen([sys.executable, "-c", _FORKS_HERE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            text=True, cwd=tmp_path)
+    try:
+        pid, ready, same_env = slot.stdout.readline().split()
+        pid = int(pid)
+        fds = {int(fd): os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert ready == "True" and same_env == "True"
+        assert [fds.pop(fd) for fd in (0, 1, 2)] == ["/dev/null"] * 3
+        assert len(fds) == 1 and next(iter(fds.values())).startswith("socket:"), fds
+        assert os.readlink(f"/proc/{pid}/cwd") == "/"
+        assert int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[1]) == slot.pid
+    finally:
+        slot.kill()
+        slot.wait(10)
+    deadline = time.monotonic() + 10
+    while Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][:1]:
+        assert time.monotonic() < deadline, "the zygote outlived its slot"
+        time.sleep(0.01)
+    stop = threading.Event()
+    thread = threading.Thread(target=stop.wait, daemon=True)
+    thread.start()
+    try:
+        children = procs.children(os.getpid())
+        assert Zygote.fork_here(1, None) is None and procs.children(os.getpid()) == children
+    finally:
+        stop.set()
+
+
 # ----------------------------------------------------------------------------------------- slow: real kernels
 
 @pytest.fixture(scope="module")
@@ -512,6 +558,57 @@ def _children(pid: int) -> list[int]:
     return sorted(procs.children(pid))
 
 
+def _zygotes_command(command: bytes, slots: bytes) -> bool:
+    """A zygote's command line (which the kernels forked from it keep): one started cold, or the slot's own (a
+    slot started pristine forks its zygote from itself)."""
+    return b"--zygote" in command or (command == slots and b"grader.sandbox.launch" in slots)
+
+
+def _executed_output(out: Path) -> list[str]:
+    """Each cell's stdout in the one executed notebook under ``out``."""
+    [path] = out.glob("*/*.executed.ipynb")
+    cells = nbformat.read(path, as_version=4).cells
+    return ["".join(o.get("text", "") for o in cell.outputs if o.get("name") == "stdout") for cell in cells]
+
+
+_SLOTS = r"""
+print(b"grader.sandbox.launch\0--slot" in open("/proc/self/cmdline", "rb").read())
+"""
+
+
+@pytest.mark.slow
+@linux_only
+def test_a_kernel_forked_from_a_pristine_slots_zygote_is_a_cold_kernels_twin(tmp_path):
+    """A real `grade batch` slot starts pristine and forks its zygote from itself before it loads the grader: is a
+    kernel forked from that zygote a cold kernel's twin (modules, sys.path, argv, environment variables, open
+    descriptors — none of the slot's pipes to the batch —, torch threads, temporary folder), and was it forked?
+
+    Seen failing with a grader module imported by the slot before the fork (grader.results among the modules),
+    and with the slot's environment not put back in place of its zygote's (its kernels then started cold).
+    """
+    states = {}
+    for kind, cells, env in (("forked", [_STATE, _SLOTS], {}), ("cold", [_WARM, _STATE, _SLOTS], {"GRADER_ZYGOTE": "0"})):
+        class_dir = tmp_path / kind / "submissions"
+        class_dir.mkdir(parents=True)
+        notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(c) for c in cells])
+        notebook.metadata["grader"] = {"exercise": "q_sampler"}
+        nbformat.write(notebook, class_dir / "twin.ipynb")
+        out = tmp_path / kind / "gradebook"
+        done = subprocess.run([sys.executable, "-m", "grader", "batch", str(class_dir), "--out", str(out), "--jobs", "1",
+                               "--device", "cpu", "--progress", "lines"], capture_output=True, text=True,
+                              env={**os.environ, **env}, timeout=600)
+        assert done.returncode == 0, done.stderr  # graded (0 points)
+        printed = _executed_output(out)
+        states[kind] = {**json.loads(printed[-2]), "pristine": printed[-1].strip()}
+    forked, cold = states["forked"], states["cold"]
+    cold["env"].remove("GRADER_ZYGOTE")  # what made it cold
+    assert forked["pristine"] == "True" and cold["pristine"] == "False"  # forked from the slot's own fork; cold
+    for key in ("modules", "path", "path0_is_cwd", "argv0", "argv_shape", "main", "env", "tmp", "threads", "fds"):
+        assert forked[key] == cold[key], (key, set(map(str, forked[key])) ^ set(map(str, cold[key]))
+                                          if isinstance(cold[key], list) else None)
+    assert not {"grader.batch", "grader.submit", "grader.checks", "grader.exercises", "grader.render"} & {*forked["modules"]}
+
+
 @pytest.mark.slow
 @linux_only
 def test_a_zygote_killed_mid_batch_leaves_every_submission_graded_alike(tmp_path):
@@ -533,7 +630,9 @@ def test_a_zygote_killed_mid_batch_leaves_every_submission_graded_alike(tmp_path
     while time.monotonic() < deadline and process.poll() is None and not killed:
         for slot in _children(process.pid):
             try:
-                kinds = {child: b"--zygote" in Path(f"/proc/{child}/cmdline").read_bytes() for child in _children(slot)}
+                mine = Path(f"/proc/{slot}/cmdline").read_bytes()
+                kinds = {child: _zygotes_command(Path(f"/proc/{child}/cmdline").read_bytes(), mine)
+                         for child in _children(slot)}
             except OSError:
                 continue
             if len(kinds) >= 2:  # the zygote, and the first notebook's kernel: kill the zygote now
