@@ -35,10 +35,17 @@ zygote for the next one (:class:`Zygote`). Only a zygote still importing is wait
 
 Known differences from a cold kernel, none a channel between submissions: every kernel of
 one zygote shares its ``PYTHONHASHSEED`` (string hashes, set order) and its address-space
-layout, and its CPU-time limit does not count the imports it did not do.
+layout, and its CPU-time limit does not count the imports it did not do. A zygote forked by a
+pristine slot (below) shares those two with its slot as well: a kernel can tell the slot's hash
+seed and where the slot's libraries are mapped, which only matters to an attack on a memory-safety
+bug in the slot's own parsing of what the kernel sends (``GRADER_PRISTINE_SLOT=0`` gives each its own).
 
 The zygote runs as ``python -m grader.sandbox.launch --zygote FD THREADS`` (so that a forked
-kernel's ``__main__`` is launch.py's, as a cold one's); :func:`serve` is its body.
+kernel's ``__main__`` is launch.py's, as a cold one's); :func:`serve` is its body. A slot
+started pristine (:func:`pristine_slot`, ``python -m grader.sandbox.launch --slot THREADS``, what
+``grade batch`` starts where it can) does the zygote's imports itself and forks its first zygote
+from itself (:meth:`Zygote.fork_here`) before it loads anything of the grader; a zygote started
+again after that one died is a cold one.
 Stdlib only on the zygote's side, before :func:`grader.sandbox.launch.preimport`.
 """
 
