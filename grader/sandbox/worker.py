@@ -304,6 +304,13 @@ def _publisher() -> Callable[[dict, dict], None]:
     ipykernel sends IOPub messages from a thread of its own; waiting until that thread has
     handed this one to ZeroMQ means a call that kills the process right after still leaves the
     earlier outcomes with the grader.
+
+    The message goes straight to the display publisher's session and socket, not through its
+    ``publish``: that first flushes ``sys.stdout`` and ``sys.stderr`` (two more waits on that
+    thread, or whatever the notebook put there: a log that syncs on each flush made every outcome
+    as slow) and runs the display hooks the notebook may have registered. The grader ignores the
+    streams of a call, so their order against the outcomes is nothing to keep. One outcome cost
+    the kernel 0.3-0.45 ms of CPU that way, 0.12-0.14 ms this way, measured in a plain ipykernel.
     """
     import threading
 
@@ -311,9 +318,16 @@ def _publisher() -> Callable[[dict, dict], None]:
 
     shell = get_ipython()
     io_thread = getattr(getattr(shell, "kernel", None), "iopub_thread", None)
+    display = shell.display_pub
+    session, socket = getattr(display, "session", None), getattr(display, "pub_socket", None)
 
     def publish(data: dict, metadata: dict) -> None:
-        shell.display_pub.publish(data=data, metadata=metadata)
+        if session is None or socket is None:  # not ipykernel's publisher: its own way
+            display.publish(data=data, metadata=metadata)
+            return
+        content = {"data": data, "metadata": metadata, "transient": {}}
+        session.send(socket, session.msg("display_data", content, parent=display.parent_header),
+                     ident=display.topic)
         if io_thread is not None and getattr(io_thread, "thread", None) is not None and io_thread.thread.is_alive():
             sent = threading.Event()
             io_thread.schedule(sent.set)

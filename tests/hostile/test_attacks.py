@@ -181,6 +181,22 @@ def test_output_flood(tmp_path, honest):
     assert executed < 5 * LIMITS.output_bytes
 
 
+def test_the_notebooks_sys_stdout_is_not_the_channels(tmp_path, honest):
+    """Does a notebook whose sys.stdout and sys.stderr fail when the grader's worker flushes them (as a log that
+    syncs on each flush slows it) still get every point? The outcomes leave without touching the notebook's
+    streams; before, each outcome flushed both, and these made every batch of calls fail (and a flush of 0.2 s
+    made one grading take 106 s instead of 16)."""
+    touchy = ("import sys, traceback\nclass Log:\n    def __init__(self, inner):\n        self.inner = inner\n"
+              "    def write(self, text):\n        return self.inner.write(text)\n"
+              "    def flush(self):\n"
+              "        if any('grader/sandbox/worker' in frame.filename for frame in traceback.extract_stack()):\n"
+              "            raise OSError('this log cannot flush now')\n"
+              "        self.inner.flush()\n"
+              "sys.stdout, sys.stderr = Log(sys.stdout), Log(sys.stderr)\n")
+    result, _ = _grade(_notebook(tmp_path, _definitions() + [touchy]))
+    assert result.score == honest.score, [(t.name, t.output) for t in result.tests if not t.passed]
+
+
 def _definitions_of(function: str) -> str:
     return next(c for c in _definitions() if c.lstrip().startswith(f"def {function}("))
 
