@@ -75,7 +75,8 @@ def preimport(threads: int | None, warm: bool = False) -> None:
 
     ``warm`` (the zygote only) also does what nearly every kernel then does first, once for all of
     them: :func:`grader.sandbox.meta.warm` (the meta machinery the grader's device check needs,
-    ~0.5 s a kernel) and ``import matplotlib.pyplot`` (what every notebook's first cell imports,
+    ~0.5 s a kernel), ``import numpy.random`` (which the worker's first call would import, ~20 ms
+    a kernel) and ``import matplotlib.pyplot`` (what every notebook's first cell imports,
     ~0.7 s a kernel; pyplot chooses its backend at the first figure, in the kernel, so the inline
     backend is set up there as in a cold kernel), then one throwaway figure on a bare canvas
     (:func:`grader.sandbox.figures.warm`: the font lookups, the mathtext parser and the PNG writer a
@@ -98,6 +99,8 @@ def preimport(threads: int | None, warm: bool = False) -> None:
 
     if warm:
         meta.warm()
+        if "numpy" in sys.modules:  # torch's: the worker seeds numpy's global generator before each call
+            import numpy.random  # noqa: F401 -- ~20 ms a kernel at its first call; a fork reseeds it (zygote._fresh_state)
         try:
             import matplotlib.pyplot  # noqa: F401
         except ImportError:  # the notebook's own import then says so, as in a cold kernel

@@ -291,6 +291,7 @@ def _shim_parent(k: SandboxKernel) -> int:
 _WARM = """\
 import sys
 sys.modules["grader.sandbox.meta"].warm()
+import numpy.random
 import matplotlib.pyplot
 sys.modules["grader.sandbox.figures"].warm()
 """
